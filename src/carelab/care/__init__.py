@@ -1,0 +1,1 @@
+"""carelab.care: native retrieval-augmented reasoning (CARE)."""
