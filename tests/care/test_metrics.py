@@ -1,0 +1,44 @@
+"""LongBench F1/EM on hand-computed cases, and evidence BLEU/ROUGE-L."""
+
+from __future__ import annotations
+
+import pytest
+
+from carelab.care import metrics as M
+
+
+@pytest.mark.parametrize("pred,gold,expected", [
+    ("Paris", "Paris", 1.0),
+    ("The Paris.", "paris", 1.0),             # article, punctuation and case dropped
+    ("Paris France", "Paris", 2 / 3),          # P=1/2, R=1 -> 2/3
+    ("a b c d", "c d e f", 0.5),               # P=R=1/2 after dropping article 'a'? 'a' is an article
+    ("New York City", "new york", 0.8),        # P=2/3 R=1 -> 0.8
+    ("", "Paris", 0.0),
+    ("the", "Paris", 0.0),
+    ("1,000 people", "1000", 0.6666666666666666),  # '1000' 'people' vs '1000'
+])
+def test_qa_f1_hand_computed(pred, gold, expected):
+    if pred == "a b c d":  # 'a' is removed as an article: tokens b c d vs c d e f -> P=2/3, R=1/2
+        expected = 2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2)
+    assert M.qa_f1_score(pred, gold) == pytest.approx(expected)
+
+
+def test_multiset_counts():
+    # 'x x' vs 'x': common = 1, P = 1/2, R = 1
+    assert M.qa_f1_score("x x", "x") == pytest.approx(2 / 3)
+
+
+def test_exact_match_and_best_over_golds():
+    assert M.exact_match("The Beatles!", "beatles") == 1.0
+    assert M.exact_match("Beatles band", "beatles") == 0.0
+    assert M.best_over_golds(M.qa_f1_score, "Rome", ["Paris", "Rome"]) == 1.0
+    assert M.best_over_golds(M.qa_f1_score, "Rome", []) == 0.0
+
+
+def test_evidence_bleu_rouge():
+    gold = ["Marie Curie was born in Warsaw."]
+    assert M.evidence_bleu(gold, gold) == pytest.approx(100.0)
+    assert M.evidence_rouge_l(gold, gold) == pytest.approx(100.0)
+    assert M.evidence_bleu([], gold) == 0.0
+    assert M.evidence_rouge_l(["Warsaw is big"], gold) < 50
+    assert M.evidence_bleu(["x"], []) is None
