@@ -1,0 +1,449 @@
+"""The CARE evaluation harness: every method × every dataset file, one protocol, resumable.
+
+Why a harness and not a script per baseline: the paper's tables compare methods, and a comparison is
+only fair when every method sees the same examples, the same chat template, the same truncation and the
+same scorer. Here the methods differ only in their prompt (``baselines.build_prompt``) and weights
+(an optional adapter); generation is greedy and batched; each finished prediction is appended at once to
+``predictions/<label>/<dataset>.jsonl`` so a killed run resumes where it stopped; metrics are recomputed
+from those files, written as JSON/CSV, and rendered by ``report.write_report``.
+
+Scoring (see docs/care-eval.md): CARE outputs (``care-prompt``, ``care``) are scored on
+``format.parse(text).answer`` — the text after ``Answer:`` with EOS stripped; plain outputs (``original``,
+``rag``, ``crag``) on ``baselines.plain_answer`` (after an ``Answer:`` prefix if present, first line).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from carelab.care import baselines
+from carelab.care import format as care_format
+from carelab.care.datasets import QAExample
+from carelab.care.metrics import best_over_golds, evidence_bleu, evidence_rouge_l, exact_match, qa_f1_score
+from carelab.runs import InputError, JsonlAppender, read_jsonl, save_config, to_jsonable
+
+#: LongBench subset names (``meta["dataset"]``) -> the paper's column names.
+LONGBENCH_NAMES = {"multifieldqa_en": "MFQA", "hotpotqa": "HotpotQA", "2wikimqa": "2WikiMQA",
+                   "musique": "MuSiQue"}
+#: Where a counterfactual example may keep its original (real-world, memorisable) answer.
+ORIGINAL_ANSWER_KEYS = ("original_answers", "original_answer", "factual_answers", "factual_answer")
+#: A counterfactual item counts as "memorised" when its answer matches an original answer this well (F1)
+#: and better than it matches the altered gold.
+MEMORISED_F1 = 0.5
+
+
+@dataclass
+class MethodSpec:
+    """One row of the results table: a method, its label, and (for ``care``) the weights to use."""
+
+    method: str
+    label: str | None = None
+    adapter: str | None = None
+    rag_k: int = 3
+    retriever: str = "bm25"
+
+    @property
+    def name(self) -> str:
+        """The label shown in reports (defaults to the method name)."""
+        return self.label or self.method
+
+
+@dataclass
+class EvalConfig:
+    """Everything that determines an evaluation run; saved as ``config.json`` beside the predictions."""
+
+    data: list[str] = field(default_factory=list)
+    methods: list[MethodSpec] = field(default_factory=lambda: [MethodSpec("original")])
+    out: str = "runs/care-eval"
+    model: str = "smollm2-135m-instruct"
+    data_format: str | None = None
+    limit: int | None = None
+    max_new_tokens: int = 512
+    batch_size: int = 8
+    #: Prompt budget in tokens; default: the model's window minus ``max_new_tokens``.
+    max_prompt_tokens: int | None = None
+    dtype: str = "float32"
+    seed: int = 0
+    care_system_prompt: str | None = None
+    #: Write report.md, the chart and the HTML viewer after the metrics.
+    report: bool = True
+
+
+@dataclass
+class DatasetFile:
+    """One evaluated data file: its key (file stem, unique), display name, kind and examples."""
+
+    key: str
+    name: str
+    path: str
+    kind: str  # "longbench" | "counterfactual" | "qa"
+    examples: list[QAExample]
+
+
+# --------------------------------------------------------------------------- loading
+def _load_examples(path: str, fmt: str | None, limit: int | None) -> list[QAExample]:
+    """Load a data file with ``datasets.load_examples`` (carelab JSONL fallback while it is absent)."""
+    try:
+        from carelab.care.datasets import load_examples  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - only before the loaders land
+        load_examples = None
+    if load_examples is not None:
+        return list(load_examples(path, fmt, limit=limit))
+    if not Path(path).exists():
+        raise InputError(path, "no such file")
+    out: list[QAExample] = []
+    for lineno, obj in read_jsonl(path):
+        try:
+            out.append(QAExample.from_dict(obj))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(path, f"not a carelab QA record ({exc})", line=lineno) from None
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def _dataset_kind(examples: Sequence[QAExample]) -> str:
+    if any("counterfactual" in ex.meta for ex in examples):
+        return "counterfactual"
+    if any(ex.meta.get("dataset") or ex.source == "longbench" for ex in examples):
+        return "longbench"
+    return "qa"
+
+
+def _display_name(key: str, kind: str, examples: Sequence[QAExample]) -> str:
+    names = {str(ex.meta.get("dataset", "")) for ex in examples}
+    if len(names) == 1:
+        only = next(iter(names))
+        if only in LONGBENCH_NAMES:
+            return LONGBENCH_NAMES[only]
+    if kind == "counterfactual" and examples and all(ex.source == "cofca" for ex in examples):
+        return "CofCA"
+    return key
+
+
+def load_datasets(paths: Sequence[str], fmt: str | None = None, limit: int | None = None) -> list[DatasetFile]:
+    """Load every data file; keys are file stems made unique; duplicate ids are an input error."""
+    files: list[DatasetFile] = []
+    keys: set[str] = set()
+    names: set[str] = set()
+    for path in paths:
+        examples = _load_examples(path, fmt, limit)
+        if not examples:
+            raise InputError(path, "no examples in this file")
+        seen: set[str] = set()
+        for ex in examples:
+            if ex.id in seen:
+                raise InputError(path, f"duplicate id {ex.id!r} (ids must be unique for resuming)", field="id")
+            seen.add(ex.id)
+        key = _slug(Path(path).name.split(".")[0])
+        base, i = key, 2
+        while key in keys:
+            key, i = f"{base}-{i}", i + 1
+        keys.add(key)
+        kind = _dataset_kind(examples)
+        name = _display_name(key, kind, examples)
+        if name in names:
+            name = f"{name} ({key})"
+        names.add(name)
+        files.append(DatasetFile(key, name, str(path), kind, examples))
+    return files
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+def predictions_path(out: str | Path, label: str, dataset_key: str) -> Path:
+    """Where one (method label, dataset) pair's predictions live inside a run directory."""
+    return Path(out) / "predictions" / _slug(label) / f"{dataset_key}.jsonl"
+
+
+# --------------------------------------------------------------------------- scoring
+def original_answers(example: QAExample) -> list[str]:
+    """The memorisable real-world answer(s) of a counterfactual example, if the file records them."""
+    for key in ORIGINAL_ANSWER_KEYS:
+        val = example.meta.get(key)
+        if val:
+            return [str(v) for v in val] if isinstance(val, (list, tuple)) else [str(val)]
+    return []
+
+
+def score_output(raw: str, example: QAExample, care_style: bool, seen_context: str,
+                 eos: Sequence[str] = ()) -> dict[str, Any]:
+    """Score one generated text: the scored answer, F1/EM ×1, quotes with match labels, evidence scores.
+
+    ``seen_context`` is the context the model was shown (after retrieval/truncation); quotes are matched
+    against the whole user turn (context + question), as the official retrieval reward does.
+    """
+    from carelab.care.rewards import quote_match
+
+    rec: dict[str, Any] = {}
+    if care_style:
+        parsed = care_format.parse(raw, tuple(eos))
+        prediction = parsed.answer
+        prompt_text = care_format.user_content(seen_context, example.question)
+        rec["think"] = parsed.think
+        rec["quotes"] = [{"text": q, "match": quote_match(q, prompt_text)} for q in parsed.retrievals]
+        rec["well_formed"] = parsed.well_formed
+        gold_facts = example.supporting_sentences()
+        if gold_facts:
+            rec["evidence_bleu"] = evidence_bleu(parsed.retrievals, gold_facts)
+            rec["evidence_rouge_l"] = evidence_rouge_l(parsed.retrievals, gold_facts)
+    else:
+        prediction = baselines.plain_answer(care_format.strip_stop(raw, tuple(eos)))
+        rec["think"] = ""
+        rec["quotes"] = []
+        rec["well_formed"] = None
+    golds = example.answers or [""]
+    rec["prediction"] = prediction
+    rec["f1"] = best_over_golds(qa_f1_score, prediction, golds)
+    rec["em"] = best_over_golds(exact_match, prediction, golds)
+    if "counterfactual" in example.meta:
+        rec["counterfactual"] = bool(example.meta["counterfactual"])
+        originals = original_answers(example)
+        if rec["counterfactual"] and originals:
+            f1_orig = best_over_golds(qa_f1_score, prediction, originals)
+            rec["original_answers"] = originals
+            rec["f1_original"] = f1_orig
+            rec["memorised"] = bool(f1_orig >= MEMORISED_F1 and f1_orig > rec["f1"])
+    return rec
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    vals = [float(v) for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else 100.0 * value
+
+
+def aggregate(records: Sequence[dict], kind: str = "qa", care_style: bool = True) -> dict[str, Any]:
+    """Metrics of one (method, dataset) pair from its prediction records (rates and F1 in percent).
+
+    ``score`` is the paper's headline number for the file: counterfactual F1 on CofCA-shaped files (F1
+    against the altered gold on the counterfactual items), LongBench ``qa_f1_score`` ×100 otherwise.
+    """
+    n = len(records)
+    m: dict[str, Any] = {"n": n, "f1": _pct(_mean([r["f1"] for r in records])),
+                         "em": _pct(_mean([r["em"] for r in records])),
+                         "n_truncated": sum(1 for r in records if r.get("truncated"))}
+    if kind == "counterfactual":
+        cf = [r for r in records if r.get("counterfactual") is True]
+        fa = [r for r in records if r.get("counterfactual") is False]
+        with_orig = [r for r in cf if "memorised" in r]
+        m.update(n_counterfactual=len(cf), n_factual=len(fa),
+                 f1_counterfactual=_pct(_mean([r["f1"] for r in cf])),
+                 f1_factual=_pct(_mean([r["f1"] for r in fa])),
+                 memorised_share=_pct(_mean([float(r["memorised"]) for r in with_orig])))
+        m["score"] = m["f1_counterfactual"] if cf else m["f1"]
+    else:
+        m["score"] = m["f1"]
+    if care_style:
+        quotes = [q for r in records for q in r.get("quotes", [])]
+        labels = [q["match"] for q in quotes]
+        nq = len(labels)
+        m.update(
+            format_rate=_pct(_mean([float(bool(r.get("well_formed"))) for r in records])),
+            quotes_per_item=(nq / n) if n else None,
+            quote_exact_share=_pct(labels.count("exact") / nq) if nq else None,
+            quote_fuzzy_share=_pct(labels.count("fuzzy") / nq) if nq else None,
+            quote_in_context_share=_pct((labels.count("exact") + labels.count("fuzzy")) / nq) if nq else None,
+            evidence_bleu=_mean([r.get("evidence_bleu") for r in records]),
+            evidence_rouge_l=_mean([r.get("evidence_rouge_l") for r in records]),
+        )
+    else:
+        m.update(format_rate=None, quotes_per_item=None, quote_exact_share=None, quote_fuzzy_share=None,
+                 quote_in_context_share=None, evidence_bleu=None, evidence_rouge_l=None)
+    return m
+
+
+# --------------------------------------------------------------------------- run
+@dataclass
+class _Job:
+    spec: MethodSpec
+    dataset: DatasetFile
+    appender: JsonlAppender
+    items: list[tuple[QAExample, baselines.PreparedPrompt, list[int], bool]] = field(default_factory=list)
+
+
+def _validate(config: EvalConfig) -> None:
+    if not config.data:
+        raise InputError("--data", "give at least one data file")
+    if not config.methods:
+        raise InputError("--method", "give at least one method")
+    labels: set[str] = set()
+    for spec in config.methods:
+        if spec.method not in baselines.METHODS:
+            raise InputError("--method", f"unknown method {spec.method!r}; use one of "
+                                         f"{', '.join(baselines.METHODS)}")
+        if spec.retriever not in baselines.RETRIEVERS:
+            raise InputError("--retriever", f"unknown retriever {spec.retriever!r}; use bm25 or minilm")
+        if spec.rag_k < 1:
+            raise InputError("--rag-k", "must be at least 1")
+        if _slug(spec.name) in labels:
+            raise InputError("--method", f"label {spec.name!r} is used twice; give each method a distinct label")
+        labels.add(_slug(spec.name))
+    if config.max_new_tokens < 1 or config.batch_size < 1:
+        raise InputError("config", "max_new_tokens and batch_size must be positive")
+
+
+def _check_resume(config: EvalConfig, out: Path) -> None:
+    """A run directory may be extended (more data, more methods) but not silently mixed with other settings."""
+    path = out / "config.json"
+    if not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return
+    for key in ("model", "max_new_tokens", "max_prompt_tokens", "dtype", "care_system_prompt"):
+        if key in old and old[key] != getattr(config, key):
+            raise InputError(path, f"this run directory was made with {key}={old[key]!r}, now {getattr(config, key)!r}; "
+                                   "use a new --out, or the same setting to resume", field=key)
+    old_specs = {m.get("label") or m.get("method"): m for m in old.get("methods", [])}
+    for spec in config.methods:
+        prev = old_specs.get(spec.name)
+        if prev and {k: prev.get(k) for k in ("method", "adapter", "rag_k", "retriever")} != {
+                "method": spec.method, "adapter": spec.adapter, "rag_k": spec.rag_k, "retriever": spec.retriever}:
+            raise InputError(path, f"label {spec.name!r} was evaluated with different settings ({prev}); "
+                                   "use another label or a new --out", field="methods")
+
+
+def _eos_strings(tokenizer) -> tuple[str, ...]:
+    eos = getattr(tokenizer, "eos_token", None)
+    return (eos,) if isinstance(eos, str) and eos else ()
+
+
+def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    """Evaluate every method on every data file; returns the metrics dict also written to ``metrics.json``.
+
+    Resumable: items already in a predictions file are skipped. Each distinct adapter (with the base
+    model) is loaded once. Over-long inputs are middle-truncated by ``format.fit_context`` (one warning).
+    """
+    import torch
+
+    from carelab.generation import GenerationSettings, chat_prompt_ids, generate_from_ids
+    from carelab.models import context_window, load_model
+
+    _validate(config)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_resume(config, out)
+    save_config(config, out)
+    datasets = load_datasets(config.data, config.data_format, config.limit)
+
+    groups: dict[str | None, list[MethodSpec]] = {}
+    for spec in config.methods:
+        groups.setdefault(spec.adapter, []).append(spec)
+
+    loaded: dict[str, Any] = {}
+
+    def model_for(adapter: str | None):
+        if loaded.get("adapter", "<none>") != adapter or "model" not in loaded:
+            loaded.clear()
+            model, tok = load_model(config.model, adapter=adapter, dtype=config.dtype)
+            loaded.update(adapter=adapter, model=model, tok=tok)
+        return loaded["model"], loaded["tok"]
+
+    # Prepare every pending prompt first (one truncation warning, one progress total).
+    jobs: list[_Job] = []
+    model, tok = model_for(next(iter(groups)))
+    max_prompt = config.max_prompt_tokens or max(64, context_window(model, tok) - config.max_new_tokens)
+    n_truncated = 0
+    for adapter_specs in groups.values():
+        for spec in adapter_specs:
+            for ds in datasets:
+                job = _Job(spec, ds, JsonlAppender(predictions_path(out, spec.name, ds.key)))
+                for ex in ds.examples:
+                    if ex.id in job.appender:
+                        continue
+                    prepared = baselines.build_prompt(spec.method, ex, rag_k=spec.rag_k, retriever=spec.retriever,
+                                                      care_system_prompt=config.care_system_prompt)
+                    try:
+                        ctx, truncated = care_format.fit_context(tok, prepared.context, prepared.question,
+                                                                 max_prompt, prepared.system_prompt)
+                    except ValueError as exc:
+                        raise InputError(ds.path, f"example {ex.id!r}: {exc}", field="question") from None
+                    n_truncated += truncated
+                    prepared.context = ctx
+                    ids = chat_prompt_ids(tok, care_format.build_messages(ctx, prepared.question,
+                                                                          prepared.system_prompt))
+                    job.items.append((ex, prepared, ids, truncated))
+                jobs.append(job)
+    total = sum(len(j.items) for j in jobs)
+    if n_truncated:
+        warnings.warn(f"{n_truncated} of {total} prompts were middle-truncated to fit {max_prompt} tokens "
+                      "(the question is always kept)", stacklevel=2)
+
+    torch.manual_seed(config.seed)
+    settings = GenerationSettings(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                                  seed=config.seed)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  disable=not progress) as bar:
+        task = bar.add_task("care eval", total=total)
+        for job in jobs:
+            if not job.items:
+                continue
+            model, tok = model_for(job.spec.adapter)
+            eos = _eos_strings(tok)
+            bar.update(task, description=f"{job.spec.name} · {job.dataset.name}")
+            items = sorted(job.items, key=lambda it: len(it[2]))
+            for start in range(0, len(items), config.batch_size):
+                chunk = items[start:start + config.batch_size]
+                texts = generate_from_ids(model, tok, [it[2] for it in chunk], settings)
+                for (ex, prepared, ids, truncated), raw in zip(chunk, texts, strict=True):
+                    rec = {"id": ex.id, "label": job.spec.name, "method": job.spec.method,
+                           "adapter": job.spec.adapter, "dataset": job.dataset.key, "question": ex.question,
+                           "answers": ex.answers, "raw": raw}
+                    rec.update(score_output(raw, ex, prepared.care_style, prepared.context, eos))
+                    rec.update(context=prepared.context, truncated=truncated, prompt_tokens=len(ids),
+                               info=prepared.info)
+                    gold_facts = ex.supporting_sentences()
+                    if gold_facts:
+                        rec["gold_facts"] = gold_facts
+                    job.appender.write(rec)
+                bar.advance(task, len(chunk))
+    loaded.clear()
+
+    metrics = compute_metrics(config, datasets, max_prompt)
+    if config.report:
+        from carelab.care.report import write_report
+
+        write_report([str(out)], str(out))
+    return metrics
+
+
+def compute_metrics(config: EvalConfig, datasets: Sequence[DatasetFile], max_prompt: int | None = None
+                    ) -> dict[str, Any]:
+    """Aggregate the predictions files of a run into ``metrics.json`` and ``metrics.csv``."""
+    from carelab.report import write_csv
+
+    out = Path(config.out)
+    rows: list[dict[str, Any]] = []
+    for spec in config.methods:
+        for ds in datasets:
+            path = predictions_path(out, spec.name, ds.key)
+            wanted = {ex.id for ex in ds.examples}
+            by_id = {str(r["id"]): r for _, r in read_jsonl(path, skip_invalid=True)} if path.exists() else {}
+            records = [by_id[i] for i in (ex.id for ex in ds.examples) if i in by_id and i in wanted]
+            row = {"label": spec.name, "method": spec.method, "adapter": spec.adapter, "dataset": ds.key,
+                   "dataset_name": ds.name, "kind": ds.kind, "data_file": ds.path,
+                   "predictions": str(path.relative_to(out))}
+            row.update(aggregate(records, ds.kind, spec.method in baselines.CARE_STYLE))
+            rows.append(row)
+    result = {"config": to_jsonable(asdict(config)), "max_prompt_tokens": max_prompt,
+              "datasets": [{"key": d.key, "name": d.name, "kind": d.kind, "path": d.path, "n": len(d.examples)}
+                           for d in datasets],
+              "results": rows}
+    (out / "metrics.json").write_text(json.dumps(to_jsonable(result), indent=2) + "\n")
+    write_csv(out / "metrics.csv", rows)
+    return result
