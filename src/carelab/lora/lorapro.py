@@ -1,0 +1,471 @@
+"""LoRA-Pro: adjust the gradients of A and B so a LoRA step tracks the full fine-tuning step.
+
+Why this module exists: the public LoRA-Pro code only works inside a patched DeepSpeed optimizer (the
+single-GPU path silently runs plain LoRA), hard-codes the LoRA scale, builds m×m projectors and uses
+``eig`` on non-symmetric products. Here the maths is one small, batched, dtype-safe function
+(:func:`adjust_gradients`) and the optimizer (:class:`LoRAProAdamW`) is an ordinary
+``torch.optim.AdamW`` subclass, so it drops into ``transformers.Trainer(optimizers=(opt, None))``, TRL
+trainers and plain loops, and its checkpoints are ordinary optimizer state dicts.
+
+Maths (PEFT layout ``W = W0 + s·B·A``, ``B ∈ R^{m×r}``, ``A ∈ R^{r×n}``), with raw LoRA gradients
+``g_A = s·Bᵀg`` and ``g_B = s·g·Aᵀ`` of the full-weight gradient ``g``:
+
+* equivalent gradient of a LoRA step: ``g̃ = s·(B·g_A + g_B·A)``;
+* the (g_A, g_B) that make ``g̃`` closest to ``g`` in Frobenius norm::
+
+      g_A' = (1/s²)(BᵀB)⁻¹ g_A + X·A
+      g_B' = (1/s²)[I − B(BᵀB)⁻¹Bᵀ] g_B (AAᵀ)⁻¹ − B·X
+
+  for any r×r ``X`` (X cancels in ``g̃``, which becomes the orthogonal projection of ``g`` onto
+  ``{B·Y + Z·A}``); the X that keeps (g_A', g_B') closest to the raw gradients solves the Sylvester
+  equation ``BᵀB·X + X·AAᵀ = −(1/s²)(BᵀB)⁻¹ g_A Aᵀ``.
+
+Both r×r Gram matrices are symmetric PSD, so one ``eigh`` each gives damped inverses (damping relative
+to the trace, so B = 0 at initialisation stays finite) and the Sylvester solution. Nothing m×m or
+n×n is formed: ``P_B·M`` is computed as ``B·((BᵀB)⁻¹(BᵀM))``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+MODES = ("efficient", "full")
+
+
+# --------------------------------------------------------------------------------------------------
+# Closed form
+# --------------------------------------------------------------------------------------------------
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32 (bf16/fp16 parameters are solved in float32)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _default_damping(dtype: torch.dtype) -> float:
+    return 1e-12 if dtype == torch.float64 else 1e-6
+
+
+def _psd_eigh(gram: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigen-decompose a batch of symmetric PSD matrices; return (damped eigenvalues, eigenvectors).
+
+    The damping is ``damping · trace/r`` plus the dtype's tiny, so a zero matrix (B = 0) gives a huge
+    but finite inverse that multiplies a zero right-hand side.
+    """
+    gram = 0.5 * (gram + gram.mT)  # exact symmetry for eigh
+    evals, evecs = torch.linalg.eigh(gram)
+    r = gram.shape[-1]
+    trace = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1, keepdim=True)
+    floor = torch.finfo(gram.dtype).tiny ** 0.5
+    shift = damping * trace.clamp_min(0) / r + floor
+    return evals.clamp_min(0) + shift, evecs
+
+
+def _inverse_from_eigh(evals: torch.Tensor, evecs: torch.Tensor) -> torch.Tensor:
+    return (evecs / evals.unsqueeze(-2)) @ evecs.mT
+
+
+def solve_sylvester_psd(p: torch.Tensor, q: torch.Tensor, c: torch.Tensor, damping: float = 0.0) -> torch.Tensor:
+    """Solve ``P·X + X·Q = C`` for symmetric PSD ``P`` (r×r) and ``Q`` (k×k), batched over leading dims.
+
+    With ``P = UΛUᵀ`` and ``Q = VMVᵀ`` the solution is ``X = U [(UᵀCV) / (λ_i + μ_j)] Vᵀ``; ``damping``
+    (relative to each trace) keeps the denominators positive when both matrices are singular.
+
+    >>> import torch
+    >>> p = torch.eye(2, dtype=torch.float64) * 2; q = torch.eye(2, dtype=torch.float64)
+    >>> solve_sylvester_psd(p, q, torch.ones(2, 2, dtype=torch.float64))
+    tensor([[0.3333, 0.3333],
+            [0.3333, 0.3333]], dtype=torch.float64)
+    """
+    lp, up = _psd_eigh(p, damping)
+    lq, vq = _psd_eigh(q, damping)
+    return _sylvester_from_eigh(lp, up, lq, vq, c)
+
+
+def _sylvester_from_eigh(lp, up, lq, vq, c):
+    y = (up.mT @ c @ vq) / (lp.unsqueeze(-1) + lq.unsqueeze(-2))
+    return up @ y @ vq.mT
+
+
+def _as_scale(scaling: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    s = torch.as_tensor(scaling, dtype=like.dtype, device=like.device)
+    while s.dim() < like.dim():
+        s = s.unsqueeze(-1)
+    if torch.any(s == 0):
+        raise ValueError("LoRA scaling s is 0; the LoRA update is identically zero and cannot be adjusted")
+    return s
+
+
+def adjust_gradients(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    grad_A: torch.Tensor,
+    grad_B: torch.Tensor,
+    scaling: float | torch.Tensor,
+    *,
+    x: torch.Tensor | None = None,
+    damping: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LoRA-Pro closed form for one adapted layer (or a batch of same-shape layers on leading dims).
+
+    Args:
+        A: ``(…, r, n)`` lora_A weight.  B: ``(…, m, r)`` lora_B weight.
+        grad_A, grad_B: the raw LoRA gradients of A and B (same shapes).
+        scaling: the layer's ``s`` (``module.scaling[adapter]``): a float or a tensor of the batch shape.
+        x: the free r×r matrix; ``None`` uses the Sylvester-optimal X (closest to the raw gradients).
+        damping: eigenvalue damping relative to each Gram matrix's mean eigenvalue (default 1e-6 in
+            float32, 1e-12 in float64).
+
+    Returns:
+        ``(new_grad_A, new_grad_B)`` in the dtype of ``grad_A``/``grad_B``; computed in float32 (float64
+        if any input is float64) whatever the parameter dtype. Finite at ``B = 0``.
+    """
+    out_dtype_a, out_dtype_b = grad_A.dtype, grad_B.dtype
+    dtype = _compute_dtype(A, B, grad_A, grad_B)
+    damp = _default_damping(dtype) if damping is None else damping
+    A, B, gA, gB = (t.detach().to(dtype) for t in (A, B, grad_A, grad_B))
+    s = _as_scale(scaling, A)
+    inv_s2 = 1.0 / (s * s)
+
+    lb, ub = _psd_eigh(B.mT @ B, damp)  # BᵀB, r×r
+    la, va = _psd_eigh(A @ A.mT, damp)  # AAᵀ, r×r
+    inv_btb = _inverse_from_eigh(lb, ub)
+    inv_aat = _inverse_from_eigh(la, va)
+
+    ga0 = inv_s2 * (inv_btb @ gA)
+    gb_perp = gB - B @ (inv_btb @ (B.mT @ gB))  # (I − P_B)·g_B without an m×m matrix
+    gb0 = inv_s2 * (gb_perp @ inv_aat)
+    if x is None:
+        x = _sylvester_from_eigh(lb, ub, la, va, -(ga0 @ A.mT))
+    else:
+        x = x.to(dtype)
+    new_a = ga0 + x @ A
+    new_b = gb0 - B @ x
+    return new_a.to(out_dtype_a), new_b.to(out_dtype_b)
+
+
+def adjust_gradient_b_only(A: torch.Tensor, grad_B: torch.Tensor, scaling, *, damping: float | None = None):
+    """Best g_B when A is frozen (LoRA-FA): ``(1/s²)·g_B·(AAᵀ)⁻¹`` makes ``s·g_B·A`` = g projected on rows of A."""
+    dtype = _compute_dtype(A, grad_B)
+    damp = _default_damping(dtype) if damping is None else damping
+    A32, gB = A.detach().to(dtype), grad_B.detach().to(dtype)
+    s = _as_scale(scaling, A32)
+    la, va = _psd_eigh(A32 @ A32.mT, damp)
+    return ((gB @ _inverse_from_eigh(la, va)) / (s * s)).to(grad_B.dtype)
+
+
+def adjust_gradient_a_only(B: torch.Tensor, grad_A: torch.Tensor, scaling, *, damping: float | None = None):
+    """Best g_A when B is frozen: ``(1/s²)(BᵀB)⁻¹ g_A``."""
+    dtype = _compute_dtype(B, grad_A)
+    damp = _default_damping(dtype) if damping is None else damping
+    B32, gA = B.detach().to(dtype), grad_A.detach().to(dtype)
+    s = _as_scale(scaling, B32)
+    lb, ub = _psd_eigh(B32.mT @ B32, damp)
+    return ((_inverse_from_eigh(lb, ub) @ gA) / (s * s)).to(grad_A.dtype)
+
+
+def equivalent_gradient(A, B, grad_A, grad_B, scaling) -> torch.Tensor:
+    """The full-weight change direction of a LoRA step: ``g̃ = s·(B·g_A + g_B·A)`` (m×n, for analysis)."""
+    dtype = _compute_dtype(A, B, grad_A, grad_B)
+    A, B, gA, gB = (t.detach().to(dtype) for t in (A, B, grad_A, grad_B))
+    return _as_scale(scaling, A) * (B @ gA + gB @ A)
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding the PEFT pairs
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoRAPair:
+    """One adapted linear layer of one adapter: its module (scaling is read from it at every step)."""
+
+    name: str
+    module: nn.Module
+    adapter: str
+    A: nn.Parameter
+    B: nn.Parameter
+
+    @property
+    def scaling(self) -> float:
+        return float(self.module.scaling[self.adapter])
+
+
+def _is_sharded(p: torch.Tensor) -> bool:
+    return type(p).__name__ == "DTensor" or hasattr(p, "ds_id") or p.numel() == 0
+
+
+def find_lora_pairs(model: nn.Module) -> list[LoRAPair]:
+    """Every (lora_A, lora_B) weight pair of PEFT LoRA linear layers, per adapter name.
+
+    Raises ``ValueError`` where LoRA-Pro cannot be right: DoRA layers (W is not W0 + sBA), A and B on
+    different devices, sharded/flattened parameters (ZeRO-3, FSDP, DTensor) or inconsistent ranks.
+    """
+    pairs: list[LoRAPair] = []
+    for name, module in model.named_modules():
+        lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        scaling = getattr(module, "scaling", None)
+        if not isinstance(lora_a, nn.ModuleDict) or not isinstance(lora_b, nn.ModuleDict) or scaling is None:
+            continue
+        for adapter in lora_a:
+            if adapter not in lora_b or adapter not in scaling:
+                continue
+            a_weight = getattr(lora_a[adapter], "weight", None)
+            b_weight = getattr(lora_b[adapter], "weight", None)
+            if a_weight is None or b_weight is None:
+                continue
+            where = f"{name} (adapter {adapter!r})"
+            dora = getattr(module, "lora_magnitude_vector", None)
+            if dora is not None and adapter in dora:
+                raise ValueError(f"{where}: DoRA layer; LoRA-Pro assumes W = W0 + s·B·A. Use plain LoRA/rsLoRA.")
+            if _is_sharded(a_weight) or _is_sharded(b_weight):
+                raise ValueError(
+                    f"{where}: lora_A/lora_B are sharded or flattened (ZeRO-3/FSDP/DTensor); LoRA-Pro needs "
+                    "each layer's whole A and B on one device. Use DDP or ZeRO-1/2 instead."
+                )
+            if a_weight.dim() != 2 or b_weight.dim() != 2:
+                log.warning("%s: non-linear LoRA layer (%d-D weights) gets plain AdamW", where, a_weight.dim())
+                continue
+            if a_weight.device != b_weight.device:
+                raise ValueError(
+                    f"{where}: lora_A is on {a_weight.device} but lora_B on {b_weight.device}; LoRA-Pro "
+                    "couples them in every step. Place each layer's adapter on one device."
+                )
+            if a_weight.shape[0] != b_weight.shape[1]:
+                raise ValueError(f"{where}: rank mismatch A{tuple(a_weight.shape)} vs B{tuple(b_weight.shape)}")
+            pairs.append(LoRAPair(name, module, adapter, a_weight, b_weight))
+    return pairs
+
+
+def _stack_key(pair: LoRAPair, kind: str) -> tuple:
+    return (kind, tuple(pair.A.shape), tuple(pair.B.shape), pair.A.dtype, pair.A.device)
+
+
+@torch.no_grad()
+def adjusted_pair_gradients(
+    pairs: Iterable[LoRAPair], *, damping: float | None = None, grads: dict | None = None
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Adjusted gradients for every pair with gradients, batched over layers of equal shape.
+
+    ``grads`` may override ``p.grad`` (used by the full mode to project Adam's direction). Pairs whose
+    A has no gradient (frozen, LoRA-FA) get the best g_B for fixed A, and vice versa.
+    """
+
+    def grad_of(p: torch.Tensor) -> torch.Tensor | None:
+        if grads is not None:
+            return grads.get(p)
+        return p.grad if p.requires_grad else None
+
+    buckets: dict[tuple, list[LoRAPair]] = {}
+    for pair in pairs:
+        ga, gb = grad_of(pair.A), grad_of(pair.B)
+        if ga is None and gb is None:
+            continue
+        kind = "ab" if ga is not None and gb is not None else ("b" if gb is not None else "a")
+        buckets.setdefault(_stack_key(pair, kind), []).append(pair)
+
+    out: dict[nn.Parameter, torch.Tensor] = {}
+    for key, group in buckets.items():
+        kind = key[0]
+        dev = group[0].A.device
+        s = torch.tensor([p.scaling for p in group], device=dev)
+        if kind == "ab":
+            if len(group) == 1:
+                p = group[0]
+                na, nb = adjust_gradients(p.A, p.B, grad_of(p.A), grad_of(p.B), p.scaling, damping=damping)
+                out[p.A], out[p.B] = na, nb
+                continue
+            na, nb = adjust_gradients(
+                torch.stack([p.A for p in group]),
+                torch.stack([p.B for p in group]),
+                torch.stack([grad_of(p.A) for p in group]),
+                torch.stack([grad_of(p.B) for p in group]),
+                s,
+                damping=damping,
+            )
+            for i, p in enumerate(group):
+                out[p.A], out[p.B] = na[i], nb[i]
+        elif kind == "b":
+            nb = adjust_gradient_b_only(
+                torch.stack([p.A for p in group]), torch.stack([grad_of(p.B) for p in group]), s, damping=damping
+            )
+            for i, p in enumerate(group):
+                out[p.B] = nb[i]
+        else:
+            na = adjust_gradient_a_only(
+                torch.stack([p.B for p in group]), torch.stack([grad_of(p.A) for p in group]), s, damping=damping
+            )
+            for i, p in enumerate(group):
+                out[p.A] = na[i]
+    return out
+
+
+@torch.no_grad()
+def adjust_model_gradients(model_or_pairs: nn.Module | Iterable[LoRAPair], *, damping: float | None = None) -> int:
+    """Replace ``.grad`` of every LoRA pair by its LoRA-Pro adjustment, in place; returns the pair count.
+
+    This turns *any* optimizer (e.g. ``torch.optim.SGD``) into its LoRA-Pro "efficient" variant: call it
+    between ``backward()`` and ``step()``.
+    """
+    pairs = find_lora_pairs(model_or_pairs) if isinstance(model_or_pairs, nn.Module) else list(model_or_pairs)
+    new = adjusted_pair_gradients(pairs, damping=damping)
+    for p, g in new.items():
+        p.grad.copy_(g)
+    return len({id(p.module) for p in pairs})
+
+
+# --------------------------------------------------------------------------------------------------
+# Optimizer
+# --------------------------------------------------------------------------------------------------
+
+
+class LoRAProAdamW(torch.optim.AdamW):
+    """AdamW whose LoRA updates follow LoRA-Pro; a drop-in ``torch.optim.Optimizer``.
+
+    Args:
+        model_or_params: a (PEFT) model — its trainable parameters are optimized and its LoRA pairs found
+            — or parameters / param groups together with ``model=`` (the form
+            ``Trainer(optimizer_cls_and_kwargs=(LoRAProAdamW, {"model": model, ...}))`` uses).
+        lr, betas, eps, weight_decay: as ``torch.optim.AdamW`` (weight decay is decoupled).
+        mode: ``"efficient"`` — the adjusted (g_A, g_B) go through ordinary per-factor AdamW (no m×n
+            state); ``"full"`` — Adam moments of the m×n equivalent gradient g̃ are kept per layer (the
+            same state size as full fine-tuning), Adam's direction is projected back through the closed
+            form and applied to A and B as an SGD step; weight decay scales A and B.
+        model: the model owning the parameters, when ``model_or_params`` are parameters/groups.
+        damping: eigenvalue damping relative to the Gram matrices' mean eigenvalue.
+        foreach, fused: passed to ``torch.optim.AdamW``.
+
+    Non-LoRA trainable parameters get plain AdamW. The LoRA scale ``s`` is read from
+    ``module.scaling[adapter]`` at every step. ``p.grad`` is left as the raw gradient after the step.
+    State is ordinary optimizer state (``exp_avg``/``exp_avg_sq``/``step`` per parameter; in full
+    mode ``full_exp_avg``/``full_exp_avg_sq``/``full_step`` on each pair's A), so ``state_dict`` /
+    ``load_state_dict`` resume bit-identically.
+    """
+
+    def __init__(
+        self,
+        model_or_params: nn.Module | Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        mode: str = "efficient",
+        *,
+        model: nn.Module | None = None,
+        damping: float | None = None,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if isinstance(model_or_params, nn.Module):
+            if model is not None and model is not model_or_params:
+                raise ValueError("pass the model either positionally or as model=, not two different ones")
+            model = model_or_params
+            params: Any = [p for p in model.parameters() if p.requires_grad]
+        else:
+            params = list(model_or_params)
+            if model is None:
+                raise ValueError(
+                    "LoRAProAdamW needs the model to find the lora_A/lora_B pairs: pass the model itself, "
+                    "or parameters/param groups together with model=..."
+                )
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=foreach, fused=fused)
+        for group in self.param_groups:
+            group.setdefault("mode", mode)
+        self.mode = mode
+        self.damping = damping
+        mine = {p for g in self.param_groups for p in g["params"]}
+        self.pairs = [p for p in find_lora_pairs(model) if p.A in mine or p.B in mine]
+        if not self.pairs:
+            warnings.warn("LoRAProAdamW found no LoRA pairs among its parameters; it acts as plain AdamW",
+                          stacklevel=2)
+        self._group_of = {p: g for g in self.param_groups for p in g["params"]}
+        if mode == "full":
+            for pair in self.pairs:
+                if not (pair.A in mine and pair.B in mine and pair.A.requires_grad and pair.B.requires_grad):
+                    raise ValueError(f"{pair.name}: full mode needs both lora_A and lora_B trainable")
+                if self._group_of[pair.A] is not self._group_of[pair.B]:
+                    raise ValueError(f"{pair.name}: full mode needs lora_A and lora_B in one param group")
+
+    def _check_devices(self) -> None:
+        for pair in self.pairs:
+            if pair.A.device != pair.B.device:
+                raise ValueError(
+                    f"{pair.name} (adapter {pair.adapter!r}): lora_A on {pair.A.device}, lora_B on "
+                    f"{pair.B.device}; LoRA-Pro needs both on one device"
+                )
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._check_devices()
+        if self.mode == "efficient":
+            new = adjusted_pair_gradients(self.pairs, damping=self.damping)
+            raw = {p: p.grad for p in new}
+            for p, g in new.items():
+                p.grad = g
+            try:
+                super().step()
+            finally:
+                for p, g in raw.items():
+                    p.grad = g
+            return loss
+
+        # full mode: A/B are hidden from AdamW (grad None) and updated here
+        live = [pr for pr in self.pairs if pr.A.grad is not None and pr.B.grad is not None]
+        raw = {p: p.grad for pr in live for p in (pr.A, pr.B)}
+        try:
+            for p in raw:
+                p.grad = None
+            super().step()
+        finally:
+            for p, g in raw.items():
+                p.grad = g
+        self._full_step(live)
+        return loss
+
+    def _full_step(self, live: list[LoRAPair]) -> None:
+        if not live:
+            return
+        adjusted = adjusted_pair_gradients(live, damping=self.damping)
+        directions: dict[nn.Parameter, torch.Tensor] = {}
+        for pair in live:
+            group = self._group_of[pair.A]
+            beta1, beta2 = group["betas"]
+            state = self.state[pair.A]
+            s = pair.scaling
+            g_eq = equivalent_gradient(pair.A, pair.B, adjusted[pair.A], adjusted[pair.B], s)
+            if "full_exp_avg" not in state:
+                state["full_step"] = torch.tensor(0.0)
+                state["full_exp_avg"] = torch.zeros(g_eq.shape, dtype=pair.A.dtype, device=pair.A.device)
+                state["full_exp_avg_sq"] = torch.zeros_like(state["full_exp_avg"])
+            state["full_step"] += 1
+            t = float(state["full_step"])
+            m, v = state["full_exp_avg"], state["full_exp_avg_sq"]
+            m.lerp_(g_eq.to(m.dtype), 1 - beta1)
+            v.mul_(beta2).addcmul_(g_eq.to(v.dtype), g_eq.to(v.dtype), value=1 - beta2)
+            u = (m.float() / (1 - beta1**t)) / ((v.float() / (1 - beta2**t)).sqrt() + group["eps"])
+            a32, b32 = pair.A.float(), pair.B.float()
+            directions[pair.A] = s * (b32.mT @ u)  # raw LoRA grads that direction u would produce
+            directions[pair.B] = s * (u @ a32.mT)
+        projected = adjusted_pair_gradients(live, damping=self.damping, grads=directions)
+        for pair in live:
+            group = self._group_of[pair.A]
+            lr, wd = group["lr"], group["weight_decay"]
+            for p in (pair.A, pair.B):
+                if wd:
+                    p.mul_(1 - lr * wd)
+                p.add_(projected[p].to(p.dtype), alpha=-lr)
