@@ -18,7 +18,7 @@ import json
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +316,16 @@ def _check_resume(config: EvalConfig, out: Path) -> None:
                                    "use another label or a new --out", field="methods")
 
 
+def _previous_methods(out: Path) -> list[MethodSpec]:
+    """The methods recorded in an existing run directory's config (empty when there is none)."""
+    try:
+        old = json.loads((out / "config.json").read_text())
+        return [MethodSpec(**{k: m.get(k) for k in ("method", "label", "adapter", "rag_k", "retriever")
+                              if k in m}) for m in old.get("methods", [])]
+    except (OSError, json.JSONDecodeError, TypeError, AttributeError):
+        return []
+
+
 def _eos_strings(tokenizer) -> tuple[str, ...]:
     eos = getattr(tokenizer, "eos_token", None)
     return (eos,) if isinstance(eos, str) and eos else ()
@@ -336,7 +346,10 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(config, out)
-    save_config(config, out)
+    # Labels evaluated earlier in this directory stay in its metrics and report (nothing is regenerated).
+    current = {_slug(s.name) for s in config.methods}
+    all_methods = [m for m in _previous_methods(out) if _slug(m.name) not in current] + list(config.methods)
+    save_config(replace(config, methods=all_methods), out)
     datasets = load_datasets(config.data, config.data_format, config.limit)
 
     groups: dict[str | None, list[MethodSpec]] = {}
@@ -414,7 +427,7 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
                 bar.advance(task, len(chunk))
     loaded.clear()
 
-    metrics = compute_metrics(config, datasets, max_prompt)
+    metrics = compute_metrics(replace(config, methods=all_methods), datasets, max_prompt)
     if config.report:
         from carelab.care.report import write_report
 

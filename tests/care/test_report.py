@@ -1,0 +1,127 @@
+"""Reports across runs: the paper-layout table with averages, the ablation table, counterfactual and
+grounding tables, the PNG chart, the viewer, and ``report_command``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from carelab.care.datasets import Passage, QAExample
+from carelab.care.evaluate import EvalConfig, MethodSpec, run_eval
+from carelab.care.report import ablation_table, collect_rows, main_table, write_report
+from carelab.runs import InputError
+
+PASSAGES = [Passage("Alice", ["Alice was born in Paris.", "She studied law."]),
+            Passage("Bob", ["Bob lives in Rome.", "He sells bread."])]
+
+# Scripted answers per (label, question): F1 of each is 1 (right) or 0 (wrong), so averages are by hand.
+RIGHT = "<think><retrieval>Alice was born in Paris.</retrieval></think>\nAnswer: {gold}"
+WRONG = "<think>I think</think>\nAnswer: Nowhere"
+
+
+def _write(path: Path, exs: list[QAExample]) -> str:
+    path.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in exs))
+    return str(path)
+
+
+def _runs(tmp_path, monkeypatch):
+    import carelab.generation as gen
+
+    multi = _write(tmp_path / "multihop.jsonl", [
+        QAExample(f"m{i}", f"Where was Alice born? (m{i})", ["Paris"], PASSAGES, [("Alice", 0)]) for i in range(2)])
+    cf = _write(tmp_path / "counterfactual.jsonl", [
+        QAExample("c0", "Where was Alice born? (c0)", ["Berlin"], PASSAGES, meta={"counterfactual": True,
+                                                                                  "original_answers": ["Paris"]}),
+        QAExample("c1", "Where does Bob live? (c1)", ["Rome"], PASSAGES, meta={"counterfactual": False})])
+    # Which items each label gets right: -> hand-computed scores below.
+    right = {"original": {"m0", "c1"}, "SFT-only": {"m0", "m1", "c1"}, "CARE": {"m0", "m1", "c0", "c1"},
+             "no-curriculum": {"m0", "c0"}}
+    gold = {"m0": "Paris", "m1": "Paris", "c0": "Berlin", "c1": "Rome"}
+    state = {"label": None}
+
+    def fake(model, tok, prompts, settings, logits_processor=None, progress=None):
+        outs = []
+        for ids in prompts:
+            text = tok.decode(ids)
+            item = next(k for k in gold if f"({k})" in text)
+            # A wrong answer on the counterfactual item is the memorised original answer.
+            wrong = WRONG.replace("Nowhere", "Paris") if item == "c0" else WRONG
+            outs.append(RIGHT.format(gold=gold[item]) if item in right[state["label"]] else wrong)
+        return outs
+
+    monkeypatch.setattr(gen, "generate_from_ids", fake)
+    dirs = []
+    for run, labels in (("base", ["original"]), ("trained", ["SFT-only", "CARE", "no-curriculum"])):
+        for label in labels:  # one label per call so the fake knows whose answers to give
+            state["label"] = label
+            method = "original" if label == "original" else "care"
+            run_eval(EvalConfig(model="tiny-random-qwen2", data=[multi, cf], out=str(tmp_path / run),
+                                methods=[MethodSpec(method, label=label)], max_new_tokens=8, report=False),
+                     progress=False)
+        dirs.append(str(tmp_path / run))
+    return dirs
+
+
+def test_report_tables_chart_and_viewer(tmp_path, monkeypatch):
+    runs = _runs(tmp_path, monkeypatch)
+    # The trained run was extended label by label; its metrics keep every label evaluated there.
+    labels = [r["label"] for r in json.loads((Path(runs[1]) / "metrics.json").read_text())["results"]]
+    assert labels == ["SFT-only", "SFT-only", "CARE", "CARE", "no-curriculum", "no-curriculum"]
+    out = tmp_path / "report"
+    paths = write_report(runs, out)
+    table, cols = main_table(collect_rows(runs))
+    assert cols == ["Method", "multihop", "counterfactual", "Avg"]
+    by = {r["Method"]: r for r in table}
+    # multihop: share of m0/m1 right; counterfactual: c0 only (the counterfactual item) -> 0 or 100.
+    assert (by["original"]["multihop"], by["original"]["counterfactual"], by["original"]["Avg"]) == (50.0, 0.0, 25.0)
+    assert (by["SFT-only"]["multihop"], by["SFT-only"]["counterfactual"]) == (100.0, 0.0)
+    assert (by["CARE"]["multihop"], by["CARE"]["counterfactual"], by["CARE"]["Avg"]) == (100.0, 100.0, 100.0)
+
+    abl, _ = ablation_table(collect_rows(runs))
+    assert [r["Method"] for r in abl] == ["Baseline (Original)", "SFT only", "No curriculum", "CARE"]
+    assert abl[2]["Avg"] == pytest.approx((50.0 + 100.0) / 2)
+
+    md = paths["markdown"].read_text()
+    assert "## Ablation (paper Table 3 layout)" in md and "## Counterfactual fidelity" in md
+    assert "## Format and evidence grounding" in md
+    assert "| original | counterfactual | 1 / 1 | 0.00 | 100.00 | 100.00 |" in md  # answered Paris from memory
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = paths["viewer"].read_text()
+    assert html.count('<div class="ex"') == 4 * 4  # 4 labels × 4 items
+    assert 'class="q q-exact"' in html
+    assert (out / "results.csv").read_text().splitlines()[0] == "Method,multihop,counterfactual,Avg"
+
+
+def test_report_command_and_errors(tmp_path, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from carelab.care.eval_cli import report_command
+
+    runs = _runs(tmp_path, monkeypatch)
+    app = typer.Typer()
+    app.command()(report_command)
+    res = CliRunner().invoke(app, [runs[0]])
+    assert res.exit_code == 0, res.output
+    assert "| original | 50.00 | 0.00 | 25.00 |" in res.output and (Path(runs[0]) / "viewer.html").exists()
+    res = CliRunner().invoke(app, [runs[0], runs[1]])
+    assert res.exit_code == 2 and "--out" in res.output
+    res = CliRunner().invoke(app, [str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "metrics.json" in res.output and "Traceback" not in res.output
+    with pytest.raises(InputError):
+        write_report([], tmp_path / "x")
+
+
+def test_same_label_in_two_runs_is_disambiguated(tmp_path, monkeypatch):
+    runs = _runs(tmp_path, monkeypatch)
+    rows = collect_rows([runs[0], runs[0]])
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    assert labels == ["original"]  # the same directory twice is not a clash
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(runs[0], copy)
+    labels = list(dict.fromkeys(r["label"] for r in collect_rows([runs[0], str(copy)])))
+    assert labels == ["original", "original [copy]"]
