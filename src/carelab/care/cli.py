@@ -171,3 +171,127 @@ def demo_command(
     console.print(table)
     mean = sum(r.rewards["total"] for r in results) / len(results)
     console.print(f"mean total reward {mean:.3f} · well-formed {sum(r.well_formed for r in results)}/{len(results)}")
+
+
+def _preset_section(preset: str | None, section: str) -> tuple[dict, str]:
+    from carelab.presets import load_preset
+
+    if not preset:
+        return {}, "flags"
+    return load_preset(preset).get(section) or {}, preset
+
+
+def _run_user_job(fn, cfg):
+    """Run a training job, turning user errors into one-line messages (finished checkpoints stay on disk)."""
+    from carelab.models import ModelSpecError
+    from carelab.runs import InputError
+
+    try:
+        return fn(cfg)
+    except (InputError, ModelSpecError, FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command("sft")
+def sft_command(
+    data: list[str] = typer.Option(None, "--data", help="SFT JSONL file(s) from `carelab care sft-data` (repeatable)."),
+    out: str = typer.Option(..., "--out", help="Output folder (adapter, checkpoints, config, TensorBoard logs)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model spec (default smollm2-135m-instruct)."),
+    adapter: str | None = typer.Option(None, "--adapter", help="lora|rslora|dora|pissa|lora-ga|lora+|lora-fa|lora-pro|full"),
+    preset: str | None = typer.Option(None, "--preset", help="cpu-quick | cpu-full | paper-qwen2.5-7b | YAML file"),
+    epochs: float | None = typer.Option(None, "--epochs"),
+    max_steps: int | None = typer.Option(None, "--max-steps"),
+    lr: float | None = typer.Option(None, "--lr"),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    grad_accum: int | None = typer.Option(None, "--grad-accum"),
+    lora_r: int | None = typer.Option(None, "--lora-r"),
+    lora_alpha: int | None = typer.Option(None, "--lora-alpha"),
+    max_length: int | None = typer.Option(None, "--max-length"),
+    eval_fraction: float | None = typer.Option(None, "--eval-fraction", help="Hold out this share for eval loss."),
+    early_stopping: int | None = typer.Option(None, "--early-stopping", help="Patience in evaluations."),
+    save_steps: int | None = typer.Option(None, "--save-steps"),
+    seed: int | None = typer.Option(None, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+    report_to: str | None = typer.Option(None, "--report-to", help="tensorboard (default), wandb, none, …"),
+) -> None:
+    """SFT on CARE-format reasoning traces (loss on the assistant turn only)."""
+    from carelab.care.train import SFTRunConfig, run_sft
+    from carelab.presets import build_config
+
+    section, source = _preset_section(preset, "sft")
+    overrides = dict(data=data or None, out=out, model=model, adapter=adapter, epochs=epochs, max_steps=max_steps,
+                     lr=lr, batch_size=batch_size, grad_accum=grad_accum, lora_r=lora_r, lora_alpha=lora_alpha,
+                     max_length=max_length, eval_fraction=eval_fraction, early_stopping_patience=early_stopping,
+                     save_steps=save_steps, seed=seed, resume=resume or None,
+                     report_to=None if report_to is None else ([] if report_to == "none" else report_to.split(",")))
+    try:
+        cfg = build_config(SFTRunConfig, {k: v for k, v in section.items() if k != "data"}, overrides, source)
+    except TypeError as exc:
+        raise fail(f"missing setting: {exc}") from None
+    metrics = _run_user_job(run_sft, cfg)
+    console.print(f"[bold green]SFT done[/] loss {metrics['first_loss']} -> {metrics['last_loss']} "
+                  f"({metrics['steps']} steps) · adapter in {out}")
+
+
+@app.command("grpo")
+def grpo_command(
+    easy: list[str] = typer.Option(None, "--easy", help="Easy-set file(s) (any supported format)."),
+    hard: list[str] = typer.Option(None, "--hard", help="Hard-set file(s), mixed in by the curriculum."),
+    out: str = typer.Option(..., "--out"),
+    model: str | None = typer.Option(None, "--model", "-m", help="Base model spec."),
+    init_adapter: str | None = typer.Option(None, "--init-adapter", help="SFT adapter folder to start from."),
+    data_format: str | None = typer.Option(None, "--format", help="Input format (default: detect)."),
+    adapter: str | None = typer.Option(None, "--adapter"),
+    preset: str | None = typer.Option(None, "--preset"),
+    max_steps: int | None = typer.Option(None, "--max-steps"),
+    lr: float | None = typer.Option(None, "--lr"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Completions per step (multiple of the group size)."),
+    num_generations: int | None = typer.Option(None, "--num-generations", help="Group size (default 5)."),
+    temperature: float | None = typer.Option(None, "--temperature"),
+    beta: float | None = typer.Option(None, "--beta", help="KL coefficient (default 0.01)."),
+    max_prompt_tokens: int | None = typer.Option(None, "--max-prompt-tokens"),
+    max_completion_tokens: int | None = typer.Option(None, "--max-completion-tokens"),
+    long_prompts: str | None = typer.Option(None, "--long-prompts", help="truncate (middle of context) | drop"),
+    reward_weights: str | None = typer.Option(None, "--reward-weights", help="accuracy,format,retrieval e.g. 0.7,0.1,0.2"),
+    no_retrieval_reward: bool = typer.Option(False, "--no-retrieval-reward", help="Ablation: drop the retrieval reward."),
+    no_curriculum: bool = typer.Option(False, "--no-curriculum", help="Ablation: easy set only."),
+    p_max: float | None = typer.Option(None, "--p-max"),
+    ramp_steps: int | None = typer.Option(None, "--ramp-steps"),
+    limit: int | None = typer.Option(None, "--limit", help="Use at most N rows per file."),
+    save_steps: int | None = typer.Option(None, "--save-steps"),
+    seed: int | None = typer.Option(None, "--seed"),
+    resume: bool = typer.Option(False, "--resume"),
+    use_vllm: bool = typer.Option(False, "--use-vllm", help="vLLM rollouts (GPU; `pip install vllm`)."),
+    report_to: str | None = typer.Option(None, "--report-to"),
+) -> None:
+    """GRPO with the accuracy/format/retrieval rewards and the easy→hard curriculum."""
+    from carelab.care.train import GRPORunConfig, run_grpo
+    from carelab.presets import build_config
+
+    section, source = _preset_section(preset, "grpo")
+    weights = None
+    if reward_weights:
+        try:
+            weights = tuple(float(x) for x in reward_weights.split(","))
+        except ValueError:
+            raise fail(f"--reward-weights: expected three numbers like 0.7,0.1,0.2, got {reward_weights!r}") from None
+        if len(weights) != 3:
+            raise fail("--reward-weights needs exactly three numbers: accuracy,format,retrieval")
+    overrides = dict(easy=easy or None, hard=hard or None, out=out, model=model, init_adapter=init_adapter,
+                     data_format=data_format, adapter=adapter, max_steps=max_steps, lr=lr, batch_size=batch_size,
+                     num_generations=num_generations, temperature=temperature, beta=beta,
+                     max_prompt_tokens=max_prompt_tokens, max_completion_tokens=max_completion_tokens,
+                     long_prompts=long_prompts, reward_weights=weights,
+                     retrieval_reward=False if no_retrieval_reward else None,
+                     curriculum=False if no_curriculum else None, p_max=p_max, ramp_steps=ramp_steps, limit=limit,
+                     save_steps=save_steps, seed=seed, resume=resume or None, use_vllm=use_vllm or None,
+                     report_to=None if report_to is None else ([] if report_to == "none" else report_to.split(",")))
+    try:
+        cfg = build_config(GRPORunConfig, {k: v for k, v in section.items() if k != "data"}, overrides, source)
+    except TypeError as exc:
+        raise fail(f"missing setting: {exc}") from None
+    if cfg.long_prompts not in ("truncate", "drop"):
+        raise fail("--long-prompts must be 'truncate' or 'drop'")
+    metrics = _run_user_job(run_grpo, cfg)
+    console.print(f"[bold green]GRPO done[/] reward {metrics['first_reward']} -> {metrics['last_reward']} "
+                  f"({metrics['steps']} steps) · adapter in {metrics['final_adapter']}")

@@ -1,0 +1,365 @@
+"""CARE training on TRL: SFT on the pipeline's data, then GRPO with the three rewards and the curriculum.
+
+Both stages are thin layers over TRL's ``SFTTrainer``/``GRPOTrainer`` so that ``accelerate launch`` (DDP,
+FSDP, DeepSpeed ZeRO) and vLLM rollouts work unchanged on GPU nodes; on a laptop CPU the same commands
+run with a small preset. The adapter switch (LoRA variants, LoRA-Pro, full) lives in ``carelab.lora.variants``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from carelab.care import format as care_format
+from carelab.runs import InputError, read_jsonl, save_config
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- configs
+@dataclass
+class SFTRunConfig:
+    """Everything ``carelab care sft`` needs; saved as ``sft_config.json`` beside the adapter."""
+
+    data: list[str]
+    out: str
+    model: str = "smollm2-135m-instruct"
+    adapter: str = "lora"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    epochs: float = 3.0
+    max_steps: int = -1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 2048
+    eval_fraction: float = 0.0
+    early_stopping_patience: int | None = None
+    save_steps: int = 50
+    logging_steps: int = 5
+    seed: int = 0
+    resume: bool = False
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    dtype: str = "float32"
+
+
+@dataclass
+class GRPORunConfig:
+    """Everything ``carelab care grpo`` needs; saved as ``grpo_config.json`` beside the run."""
+
+    easy: list[str]
+    out: str
+    hard: list[str] = field(default_factory=list)
+    model: str = "smollm2-135m-instruct"
+    init_adapter: str | None = None  # SFT adapter to merge before GRPO (the paper's SFT→RL chain)
+    data_format: str | None = None
+    adapter: str = "lora"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lr: float = 1e-6
+    weight_decay: float = 1e-2
+    max_steps: int = 100
+    batch_size: int = 5  # completions per device per step (a multiple of num_generations)
+    grad_accum: int = 1
+    num_generations: int = 5
+    temperature: float = 1.0
+    beta: float = 0.01
+    epsilon: float = 0.2
+    entropy_coef: float = 1e-3
+    loss_type: str = "dapo"
+    max_prompt_tokens: int = 2048
+    max_completion_tokens: int = 2048
+    long_prompts: str = "truncate"  # truncate (middle of the context) | drop
+    reward_weights: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    retrieval_reward: bool = True
+    curriculum: bool = True
+    p_max: float = 0.5
+    ramp_steps: int | None = None
+    accuracy_normalized: bool = False
+    max_quote_share: float | None = None
+    save_steps: int = 10
+    logging_steps: int = 1
+    seed: int = 0
+    resume: bool = False
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    dtype: str = "float32"
+    limit: int | None = None
+
+
+# --------------------------------------------------------------------------- data
+def load_sft_dataset(paths: list[str], tokenizer=None, max_length: int | None = None):
+    """SFT records (with ``messages`` or ``system/prompt/output``) as a conversational prompt-completion Dataset.
+
+    Loss is then computed on the assistant turn only (TRL's completion-only loss). Records longer than
+    ``max_length`` tokens are dropped with a warning: cutting them would cut the target or its quotes.
+    """
+    from datasets import Dataset
+
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        for lineno, obj in read_jsonl(path):
+            msgs = obj.get("messages")
+            if msgs is None and "output" in obj:
+                msgs = [{"role": "system", "content": obj.get("system") or care_format.DEFAULT_SYSTEM_PROMPT},
+                        {"role": "user", "content": obj.get("prompt") or care_format.user_content(
+                            obj.get("context", ""), obj.get("question", ""))},
+                        {"role": "assistant", "content": obj["output"]}]
+            if not isinstance(msgs, list) or not msgs:
+                raise InputError(path, "needs a 'messages' list (or 'output' with 'context'/'question')",
+                                 line=lineno, field="messages")
+            if msgs[-1].get("role") != "assistant" or not isinstance(msgs[-1].get("content"), str):
+                raise InputError(path, "the last message must be the assistant's reply", line=lineno, field="messages")
+            rows.append({"prompt": msgs[:-1], "completion": [msgs[-1]]})
+    if not rows:
+        raise InputError(paths[0] if paths else "<none>", "no SFT records found")
+    if tokenizer is not None and max_length:
+        kept = [r for r in rows if len(tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True,
+                                                                     return_dict=False)) <= max_length]
+        if len(kept) < len(rows):
+            log.warning("dropped %d of %d SFT records longer than --max-length %d tokens",
+                        len(rows) - len(kept), len(rows), max_length)
+        if not kept:
+            raise InputError(paths[0], f"every SFT record is longer than --max-length {max_length} tokens; raise it")
+        rows = kept
+    return Dataset.from_list(rows)
+
+
+def grpo_rows(examples, tokenizer, level: str, max_prompt_tokens: int, long_prompts: str = "truncate",
+              system_prompt: str | None = None) -> tuple[list[dict], int]:
+    """GRPO prompt rows from QAExamples: conversational prompt, gold ``answer``, ``context`` and ``level``.
+
+    ``context`` is the whole user turn, as the official retrieval reward uses. Over-long prompts are
+    middle-truncated in the context (the question survives) or dropped; returns (rows, n_changed).
+    """
+    rows, changed = [], 0
+    for ex in examples:
+        context = ex.context
+        try:
+            context, truncated = care_format.fit_context(tokenizer, context, ex.question, max_prompt_tokens, system_prompt)
+        except ValueError:
+            changed += 1
+            continue
+        if truncated:
+            changed += 1
+            if long_prompts == "drop":
+                continue
+        msgs = care_format.build_messages(context, ex.question, system_prompt)
+        rows.append({"prompt": msgs, "answer": ex.answer, "context": msgs[-1]["content"], "level": level,
+                     "id": ex.id})
+    return rows, changed
+
+
+# --------------------------------------------------------------------------- callbacks
+def _summary_callback():
+    """One line per logging step with loss and rewards (rich console)."""
+    from rich.console import Console
+    from transformers import TrainerCallback
+
+    console = Console(stderr=True)
+
+    class OneLineSummary(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or not state.is_world_process_zero:
+                return
+            keys = ("loss", "reward", "rewards/accuracy/mean", "rewards/format/mean", "rewards/retrieval/mean",
+                    "kl", "eval_loss", "learning_rate", "completions/mean_length")
+            parts = [f"{k.replace('rewards/', '').replace('/mean', '')}={logs[k]:.4g}" for k in keys if k in logs]
+            if parts:
+                console.print(f"[dim]step {state.global_step}/{state.max_steps}[/] " + " ".join(parts))
+
+    return OneLineSummary()
+
+
+def _last_checkpoint(out: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(out)) if out.exists() else None
+
+
+def _load_base(spec: str, init_adapter: str | None, dtype: str):
+    """Load the base model; an SFT adapter is merged into the weights so GRPO's reference is the SFT model."""
+    from carelab.models import load_model
+
+    model, tok = load_model(spec, adapter=init_adapter, dtype=dtype, trainable=True)
+    if init_adapter:
+        model = model.merge_and_unload()
+    model.train()
+    return model, tok
+
+
+# --------------------------------------------------------------------------- SFT
+def run_sft(cfg: SFTRunConfig) -> dict:
+    """Supervised fine-tuning on CARE-format traces; returns the train metrics (loss before/after)."""
+    from trl import SFTConfig, SFTTrainer
+
+    from carelab.lora.variants import make_optimizer, prepare_adapter
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out, "sft_config.json")
+    model, tok = _load_base(cfg.model, None, cfg.dtype)
+    dataset = load_sft_dataset(cfg.data, tok, cfg.max_length)
+    eval_ds = None
+    if cfg.eval_fraction > 0 and len(dataset) >= 10:
+        split = dataset.train_test_split(test_size=cfg.eval_fraction, seed=cfg.seed)
+        dataset, eval_ds = split["train"], split["test"]
+    setup = prepare_adapter(cfg.adapter, model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                            lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            train_batches=_sft_batches(dataset, tok, cfg) if cfg.adapter == "lora-ga" else None)
+    model = setup.model
+    args = SFTConfig(
+        output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio, lr_scheduler_type="cosine",
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        max_length=cfg.max_length, completion_only_loss=True, logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, report_to=cfg.report_to,
+        eval_strategy="steps" if eval_ds is not None else "no",
+        eval_steps=cfg.save_steps if eval_ds is not None else None, load_best_model_at_end=bool(
+            eval_ds is not None and cfg.early_stopping_patience), metric_for_best_model="eval_loss",
+        use_cpu=not _has_gpu(), dataloader_num_workers=0, disable_tqdm=False, bf16=False,
+    )
+    callbacks = [_summary_callback()]
+    if eval_ds is not None and cfg.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    optimizer = make_optimizer(setup, model, cfg.lr, cfg.weight_decay)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_ds, processing_class=tok,
+                         callbacks=callbacks, optimizers=(optimizer, None))
+    resume = _last_checkpoint(out) if cfg.resume else None
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(out))
+    tok.save_pretrained(str(out))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    metrics = {"train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
+               "last_loss": losses[-1] if losses else None, "steps": trainer.state.global_step,
+               "n_examples": len(dataset), "adapter": cfg.adapter}
+    (out / "sft_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _sft_batches(dataset, tok, cfg: SFTRunConfig):
+    """A few tokenised batches for gradient-based initialisations (LoRA-GA)."""
+    import torch
+
+    for row in dataset.select(range(min(8, len(dataset)))):
+        ids = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=True, return_dict=False)
+        ids = torch.tensor([ids[: cfg.max_length]])
+        yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# --------------------------------------------------------------------------- GRPO
+def _curriculum_trainer_class():
+    """GRPOTrainer whose train sampler is the step-aware curriculum (built lazily: TRL import is heavy)."""
+    from trl import GRPOTrainer
+
+    from carelab.care.curriculum import CurriculumSampler
+
+    class CareGRPOTrainer(GRPOTrainer):
+        curriculum: dict[str, Any] = {}
+
+        def _get_train_sampler(self, dataset=None):
+            c = self.curriculum
+            prompts_per_chunk = self.args.generation_batch_size // self.num_generations
+            repeat = self.num_iterations * self.args.steps_per_generation
+            steps_per_chunk = self.num_iterations * self.args.steps_per_generation / self.args.gradient_accumulation_steps
+            num_chunks = math.ceil(self.args.max_steps / steps_per_chunk) + 1
+            sampler = CurriculumSampler(
+                c["n_easy"], c["n_hard"], num_generations=self.num_generations, prompts_per_chunk=prompts_per_chunk,
+                repeat_count=repeat, num_chunks=num_chunks, steps_per_chunk=steps_per_chunk, p_max=c["p_max"],
+                ramp_steps=c["ramp_steps"] or self.args.max_steps, seed=self.args.seed, enabled=c["enabled"],
+                log_path=c.get("log_path"))
+            sampler.write_log()
+            return sampler
+
+    return CareGRPOTrainer
+
+
+def run_grpo(cfg: GRPORunConfig) -> dict:
+    """GRPO with accuracy/format/retrieval rewards and the easy→hard curriculum; returns reward stats."""
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from carelab.care.datasets import load_examples
+    from carelab.care.rewards import reward_functions
+    from carelab.lora.variants import make_optimizer, prepare_adapter
+
+    if cfg.batch_size % cfg.num_generations:
+        raise ValueError(f"--batch-size ({cfg.batch_size}) must be a multiple of the group size ({cfg.num_generations})")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out, "grpo_config.json")
+    model, tok = _load_base(cfg.model, cfg.init_adapter, cfg.dtype)
+    easy = [ex for path in cfg.easy for ex in load_examples(path, cfg.data_format, limit=cfg.limit)]
+    hard = [ex for path in cfg.hard for ex in load_examples(path, cfg.data_format, limit=cfg.limit)]
+    if not cfg.curriculum:
+        hard = []  # the paper's no-curriculum ablation trains on the easy set only
+    easy_rows, n1 = grpo_rows(easy, tok, "easy", cfg.max_prompt_tokens, cfg.long_prompts)
+    hard_rows, n2 = grpo_rows(hard, tok, "hard", cfg.max_prompt_tokens, cfg.long_prompts)
+    if n1 + n2:
+        log.warning("%d prompts over %d tokens were %s", n1 + n2, cfg.max_prompt_tokens,
+                    "middle-truncated in their context" if cfg.long_prompts == "truncate" else "dropped")
+    if not easy_rows:
+        raise InputError(cfg.easy[0], "no usable easy rows (all empty or too long)")
+    dataset = Dataset.from_list(easy_rows + hard_rows)
+    funcs = reward_functions(accuracy_normalized=cfg.accuracy_normalized, max_context_share=cfg.max_quote_share,
+                             retrieval=cfg.retrieval_reward)
+    weights = list(cfg.reward_weights[: len(funcs)])
+    setup = prepare_adapter(cfg.adapter, model, r=cfg.lora_r, alpha=cfg.lora_alpha, lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    model = setup.model
+    args = GRPOConfig(
+        output_dir=str(out), max_steps=cfg.max_steps, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        num_generations=cfg.num_generations, temperature=cfg.temperature, beta=cfg.beta, epsilon=cfg.epsilon,
+        entropy_coef=cfg.entropy_coef, loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_tokens,
+        reward_weights=weights, logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
+        seed=cfg.seed, report_to=cfg.report_to, use_cpu=not _has_gpu(),
+        use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, dataloader_num_workers=0, bf16=False,
+        remove_unused_columns=False, log_completions=False, disable_tqdm=False,
+    )
+    trainer_cls = _curriculum_trainer_class()
+    trainer_cls.curriculum = {"n_easy": len(easy_rows), "n_hard": len(hard_rows), "p_max": cfg.p_max,
+                              "ramp_steps": cfg.ramp_steps, "enabled": cfg.curriculum and bool(hard_rows),
+                              "log_path": str(out / "curriculum.jsonl")}
+    optimizer = make_optimizer(setup, model, cfg.lr, cfg.weight_decay)
+    trainer = trainer_cls(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tok,
+                          callbacks=[_summary_callback()], optimizers=(optimizer, None))
+    resume = _last_checkpoint(out) if cfg.resume else None
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(out / "grpo-adapter"))
+    history = [h for h in trainer.state.log_history if "reward" in h]
+    with (out / "reward_curve.jsonl").open("w") as fh:
+        for h in history:
+            fh.write(json.dumps({k: v for k, v in h.items() if k == "step" or k.startswith(("reward", "kl", "loss",
+                                 "completions/mean_length"))}) + "\n")
+    metrics = {"steps": trainer.state.global_step, "n_easy": len(easy_rows), "n_hard": len(hard_rows),
+               "first_reward": history[0]["reward"] if history else None,
+               "last_reward": history[-1]["reward"] if history else None}
+    final = out / "final-adapter"
+    if cfg.init_adapter:
+        from carelab.care.adapters import stack_lora_adapters
+
+        stack_lora_adapters(cfg.init_adapter, str(out / "grpo-adapter"), str(final))
+    else:
+        import shutil
+
+        shutil.copytree(out / "grpo-adapter", final, dirs_exist_ok=True)
+    metrics["final_adapter"] = str(final)
+    (out / "grpo_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
