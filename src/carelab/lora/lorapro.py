@@ -347,7 +347,7 @@ class LoRAProAdamW(torch.optim.AdamW):
     Non-LoRA trainable parameters get plain AdamW. The LoRA scale ``s`` is read from
     ``module.scaling[adapter]`` at every step. ``p.grad`` is left as the raw gradient after the step.
     State is ordinary optimizer state (``exp_avg``/``exp_avg_sq``/``step`` per parameter; in full
-    mode ``full_exp_avg``/``full_exp_avg_sq``/``full_step`` on each pair's A), so ``state_dict`` /
+    mode ``full_exp_avg``/``full_exp_avg_sq``/``step`` on each pair's A), so ``state_dict`` /
     ``load_state_dict`` resume bit-identically.
     """
 
@@ -449,11 +449,11 @@ class LoRAProAdamW(torch.optim.AdamW):
             s = pair.scaling
             g_eq = equivalent_gradient(pair.A, pair.B, adjusted[pair.A], adjusted[pair.B], s)
             if "full_exp_avg" not in state:
-                state["full_step"] = torch.tensor(0.0)
+                state["step"] = torch.tensor(0.0)  # "step": the key torch.optim.Adam.__setstate__ expects
                 state["full_exp_avg"] = torch.zeros(g_eq.shape, dtype=pair.A.dtype, device=pair.A.device)
                 state["full_exp_avg_sq"] = torch.zeros_like(state["full_exp_avg"])
-            state["full_step"] += 1
-            t = float(state["full_step"])
+            state["step"] += 1
+            t = float(state["step"])
             m, v = state["full_exp_avg"], state["full_exp_avg_sq"]
             m.lerp_(g_eq.to(m.dtype), 1 - beta1)
             v.mul_(beta2).addcmul_(g_eq.to(v.dtype), g_eq.to(v.dtype), value=1 - beta2)

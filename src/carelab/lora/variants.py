@@ -14,6 +14,7 @@ mix of ``LoraConfig`` switches, a preprocessing pass (LoRA-GA estimates gradient
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -124,6 +125,8 @@ def _loraga_step(model: nn.Module, batches: list[dict]) -> Callable[[], None]:
     device = next(model.parameters()).device
 
     def train_step() -> None:
+        # PEFT's counting hook warns that no *inputs* need grad; only the weights do, which is intended.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
         for batch in batches:
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             if "labels" not in batch:

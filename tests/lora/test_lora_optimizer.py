@@ -1,0 +1,193 @@
+"""LoRAProAdamW: finds the pairs, reads s from the module, trains, resumes bit-identically, refuses bad setups."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from carelab.lora.lorapro import LoRAProAdamW, adjust_gradients, find_lora_pairs
+from carelab.models import load_model
+
+
+def _peft_tiny(rank: int = 4, seed: int = 0, **extra):
+    model, tok = load_model("tiny-random-qwen2", trainable=True)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", **extra)
+    peft_model = get_peft_model(model, config)
+    # B starts at 0; give it a small random value so every gradient path is exercised from step 1
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    peft_model.train()
+    return peft_model, tok
+
+
+def _batch(tok, seed: int = 0, n: int = 4, length: int = 24):
+    """Periodic token rows (a learnable pattern) with a seed-dependent vocabulary."""
+    gen = torch.Generator().manual_seed(seed)
+    vocab = torch.randint(5, len(tok) - 1, (n, 5), generator=gen)
+    ids = vocab[:, torch.arange(length) % 5]
+    return {"input_ids": ids, "labels": ids}
+
+
+def _train(model, opt, batches):
+    losses = []
+    for b in batches:
+        loss = model(**b).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+def test_finds_pairs_and_reads_scaling_from_module():
+    model, _ = _peft_tiny(use_rslora=True)
+    pairs = find_lora_pairs(model)
+    assert len(pairs) == 14  # 7 linear layers × 2 decoder layers, lm_head excluded
+    assert all(p.adapter == "default" for p in pairs)
+    assert pairs[0].scaling == pytest.approx(8 / 4**0.5)  # rsLoRA: α/√r read from module.scaling
+    pairs[0].module.scaling["default"] = 3.0
+    assert pairs[0].scaling == 3.0
+
+
+@pytest.mark.parametrize("scale", [0.5, 4.0])
+def test_efficient_step_is_adamw_on_adjusted_gradients(scale):
+    model, tok = _peft_tiny()
+    model.double()  # float64 so batched vs per-layer solves agree to rounding
+    for p in find_lora_pairs(model):
+        p.module.scaling["default"] = scale  # the optimizer must use this, not α/r
+    ref_model = copy.deepcopy(model)
+    opt = LoRAProAdamW(model, lr=1e-2, weight_decay=0.1)
+    ref_params = [p for p in ref_model.parameters() if p.requires_grad]
+    ref = torch.optim.AdamW(ref_params, lr=1e-2, weight_decay=0.1)
+    batch = _batch(tok)
+    model(**batch).loss.backward()
+    ref_model(**batch).loss.backward()
+    raw = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    for pair in find_lora_pairs(ref_model):
+        na, nb = adjust_gradients(pair.A, pair.B, pair.A.grad, pair.B.grad, scale)
+        pair.A.grad, pair.B.grad = na, nb
+    opt.step()
+    ref.step()
+    for (n, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-10, msg=n)
+    for n, p in model.named_parameters():  # the raw gradients are left in place
+        if p.grad is not None:
+            assert torch.equal(p.grad, raw[n])
+
+
+@pytest.mark.parametrize("mode", ["efficient", "full"])
+def test_trains_tiny_peft_model(mode):
+    model, tok = _peft_tiny()
+    opt = LoRAProAdamW(model, lr=2e-2, mode=mode)
+    batch = _batch(tok)
+    losses = _train(model, opt, [batch] * 25)
+    assert all(map(lambda x: x == x, losses))  # no NaN
+    assert losses[-1] < losses[0] - 0.25
+
+
+def test_trains_from_peft_default_init_b_zero():
+    model, tok = load_model("tiny-random-qwen2", trainable=True)
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
+    model.train()
+    for mode in ("efficient", "full"):
+        m = copy.deepcopy(model)
+        opt = LoRAProAdamW(m, lr=2e-2, mode=mode)
+        losses = _train(m, opt, [_batch(tok)] * 20)
+        assert losses[-1] < losses[0] - 0.25, mode
+
+
+@pytest.mark.parametrize("mode", ["efficient", "full"])
+def test_save_resume_is_bit_identical(mode):
+    model, tok = _peft_tiny(seed=1)
+    # a trainable non-LoRA parameter too, so the plain-AdamW path is resumed as well
+    norm = model.base_model.model.model.norm.weight
+    norm.requires_grad_(True)
+    opt = LoRAProAdamW(model, lr=1e-2, weight_decay=0.05, mode=mode)
+    batches = [_batch(tok, seed=i) for i in range(6)]
+    _train(model, opt, batches[:3])
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+
+    twin, _ = _peft_tiny(seed=99)  # different init; everything must come from the checkpoint
+    twin.base_model.model.model.norm.weight.requires_grad_(True)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=False)
+    twin.load_state_dict(ckpt["model"])
+    twin_opt = LoRAProAdamW(twin, lr=1e-2, weight_decay=0.05, mode=mode)
+    twin_opt.load_state_dict(ckpt["opt"])
+
+    a = _train(model, opt, batches[3:])
+    b = _train(twin, twin_opt, batches[3:])
+    assert a == b
+    for (n, p), (_, q) in zip(model.named_parameters(), twin.named_parameters(), strict=True):
+        assert torch.equal(p, q), n
+    if mode == "full":
+        pair = find_lora_pairs(model)[0]
+        m_full = opt.state[pair.A]["full_exp_avg"]
+        assert m_full.shape == (pair.B.shape[0], pair.A.shape[1])  # m×n moments, as full fine-tuning
+
+
+def test_non_lora_parameters_get_plain_adamw():
+    model, tok = _peft_tiny()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    norm = model.base_model.model.model.norm.weight
+    norm.requires_grad_(True)
+    ref = norm.detach().clone().requires_grad_(True)
+    opt = LoRAProAdamW(model, lr=1e-2, weight_decay=0.1)
+    ref_opt = torch.optim.AdamW([ref], lr=1e-2, weight_decay=0.1)
+    for i in range(3):
+        model(**_batch(tok, seed=i)).loss.backward()
+        ref.grad = norm.grad.clone()
+        opt.step()
+        ref_opt.step()
+        opt.zero_grad()
+    assert torch.equal(norm, ref)
+
+
+def test_lora_fa_frozen_a_stays_and_b_gets_fa_gradient():
+    model, tok = _peft_tiny()
+    for n, p in model.named_parameters():
+        if "lora_A" in n:
+            p.requires_grad_(False)
+    a0 = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+    opt = LoRAProAdamW(model, lr=2e-2)
+    losses = _train(model, opt, [_batch(tok)] * 15)
+    assert losses[-1] < losses[0]
+    for n, p in model.named_parameters():
+        if "lora_A" in n:
+            assert torch.equal(p, a0[n])
+
+
+def test_works_with_param_groups_and_model_kwarg():
+    model, tok = _peft_tiny()
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": 0.0}]
+    opt = LoRAProAdamW(groups, lr=1e-2, model=model)
+    assert len(opt.pairs) == 14
+    with pytest.raises(ValueError, match="needs the model"):
+        LoRAProAdamW(groups, lr=1e-2)
+
+
+def test_refuses_a_and_b_on_different_devices():
+    model, _ = _peft_tiny()
+    layer = find_lora_pairs(model)[0].module
+    layer.lora_B["default"].to("meta")
+    with pytest.raises(ValueError, match="device"):
+        LoRAProAdamW(model, lr=1e-3)
+
+
+def test_refuses_dora_and_bad_mode():
+    model, _ = _peft_tiny(use_dora=True)
+    with pytest.raises(ValueError, match="DoRA"):
+        LoRAProAdamW(model, lr=1e-3)
+    plain, _ = _peft_tiny()
+    with pytest.raises(ValueError, match="mode"):
+        LoRAProAdamW(plain, lr=1e-3, mode="fast")
