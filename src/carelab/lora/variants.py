@@ -125,17 +125,18 @@ def _loraga_step(model: nn.Module, batches: list[dict]) -> Callable[[], None]:
     device = next(model.parameters()).device
 
     def train_step() -> None:
-        # PEFT's counting hook warns that no *inputs* need grad; only the weights do, which is intended.
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        for batch in batches:
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            if "labels" not in batch:
-                labels = batch["input_ids"].clone()
-                if "attention_mask" in batch:
-                    labels[batch["attention_mask"] == 0] = -100
-                batch["labels"] = labels
-            out = model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")})
-            out.loss.backward()
+        with warnings.catch_warnings():
+            # PEFT's counting hook warns that no *inputs* need grad; only the weights do, as intended.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            for batch in batches:
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                if "labels" not in batch:
+                    labels = batch["input_ids"].clone()
+                    if "attention_mask" in batch:
+                        labels[batch["attention_mask"] == 0] = -100
+                    batch["labels"] = labels
+                keep = ("input_ids", "attention_mask", "labels")
+                model(**{k: v for k, v in batch.items() if k in keep}).loss.backward()
 
     return train_step
 
