@@ -6,8 +6,16 @@ carelab JSONL) all produce :class:`QAExample`, so the rest of CARE never sees a 
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from carelab.runs import InputError
 
 
 @dataclass
@@ -71,3 +79,531 @@ class QAExample:
             supporting_facts=[(str(t), int(i)) for t, i in d.get("supporting_facts", [])],
             source=d.get("source", "carelab"), hops=int(d.get("hops", 1)), meta=dict(d.get("meta", {})),
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# Native loaders
+# --------------------------------------------------------------------------------------------------
+
+FORMATS = ("hotpotqa", "2wiki", "musique", "drop", "msmarco", "longbench", "cofca", "carelab")
+
+log = logging.getLogger(__name__)
+_SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+
+
+def split_sentences(text: str) -> list[str]:
+    """A simple sentence splitter (end punctuation followed by a capital/digit); never drops text."""
+    text = text.strip()
+    return [s.strip() for s in _SENT_SPLIT.split(text) if s.strip()] if text else []
+
+
+@dataclass
+class LoadReport:
+    """What a load kept and skipped: ``skipped`` counts malformed rows, ``reasons`` the first few messages."""
+
+    path: str
+    format: str
+    loaded: int = 0
+    skipped: int = 0
+    unanswerable: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        s = f"{self.path}: {self.loaded} examples loaded as {self.format}"
+        if self.skipped:
+            s += f", {self.skipped} malformed rows skipped"
+        if self.unanswerable:
+            s += f", {self.unanswerable} unanswerable rows dropped"
+        return s
+
+
+class _Row:
+    """Field access on one raw row that raises ``InputError`` naming file, line/item and field."""
+
+    def __init__(self, path: Path, where: str, line: int | None, obj: Any):
+        self.path, self.where, self.line, self.obj = path, where, line, obj
+
+    def error(self, message: str, fld: str | None = None) -> InputError:
+        p = f"{self.path}{self.where}" if self.where else self.path
+        return InputError(p, message, line=self.line, field=fld)
+
+    def get(self, key: str, typ: type | tuple[type, ...], *, obj: Any = None, required: bool = True,
+            default: Any = None, name: str | None = None) -> Any:
+        src = self.obj if obj is None else obj
+        fld = name or key
+        if not isinstance(src, dict):
+            raise self.error("expected a JSON object", fld)
+        if key not in src or src[key] is None:
+            if required:
+                raise self.error("missing", fld)
+            return default
+        val = src[key]
+        if not isinstance(val, typ):
+            names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+            raise self.error(f"expected {names}, got {type(val).__name__}", fld)
+        return val
+
+    def text(self, key: str, **kw: Any) -> str:
+        val = self.get(key, (str, int, float), **kw)
+        return "" if val is None else str(val)
+
+
+def _merge_carelab_meta(row: _Row, meta: dict) -> list[tuple[str, int]] | None:
+    """Synthetic rows carry ``carelab_meta`` (the reasoning chain, ...); native tools ignore unknown keys."""
+    extra = row.obj.get("carelab_meta") if isinstance(row.obj, dict) else None
+    if extra is None:
+        return None
+    if not isinstance(extra, dict):
+        raise row.error("expected an object", "carelab_meta")
+    meta.update({k: v for k, v in extra.items() if k != "supporting_facts"})
+    sf = extra.get("supporting_facts")
+    return [(str(t), int(i)) for t, i in sf] if sf else None
+
+
+def _answers_list(row: _Row, value: Any, fld: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(a, (str, int, float)) for a in value):
+        raise row.error("expected a non-empty answer string or list of strings", fld)
+    out = [str(a).strip() for a in value if str(a).strip()]
+    if not out:
+        raise row.error("answer is empty", fld)
+    return out
+
+
+def _hotpot_like(row: _Row, source: str) -> QAExample:
+    qid = row.text("_id") if "_id" in row.obj or "id" not in row.obj else row.text("id")
+    question = row.text("question")
+    answer = row.text("answer")
+    ctx = row.get("context", list)
+    passages = []
+    for j, par in enumerate(ctx):
+        if (not isinstance(par, (list, tuple)) or len(par) != 2 or not isinstance(par[0], str)
+                or not isinstance(par[1], list) or not all(isinstance(s, str) for s in par[1])):
+            raise row.error("each entry must be [title, [sentences...]]", f"context[{j}]")
+        passages.append(Passage(par[0], list(par[1])))
+    sf = []
+    for j, fact in enumerate(row.get("supporting_facts", list, required=False, default=[])):
+        if not isinstance(fact, (list, tuple)) or len(fact) != 2 or not isinstance(fact[1], int):
+            raise row.error("each entry must be [title, sentence index]", f"supporting_facts[{j}]")
+        sf.append((str(fact[0]), int(fact[1])))
+    titles = {p.title for p in passages}
+    for j, (t, _) in enumerate(sf):
+        if t not in titles:
+            raise row.error(f"title {t!r} is not in the context", f"supporting_facts[{j}]")
+    meta: dict[str, Any] = {"type": row.obj.get("type"), "level": row.obj.get("level")}
+    if source == "2wiki" and isinstance(row.obj.get("evidences"), list):
+        meta["evidences"] = row.obj["evidences"]
+    _merge_carelab_meta(row, meta)
+    hops = int(meta.get("hops") or len(meta.get("evidences") or []) or len({t for t, _ in sf}) or 1)
+    if not answer.strip():
+        raise row.error("answer is empty", "answer")
+    return QAExample(qid, question, [answer], passages, sf, source, hops, meta)
+
+
+def _musique(row: _Row) -> QAExample:
+    qid = row.text("id")
+    question = row.text("question")
+    answer = row.text("answer")
+    aliases = row.get("answer_aliases", list, required=False, default=[])
+    passages, sf = [], []
+    for j, par in enumerate(row.get("paragraphs", list)):
+        title = row.text("title", obj=par, name=f"paragraphs[{j}].title")
+        text = row.text("paragraph_text", obj=par, name=f"paragraphs[{j}].paragraph_text")
+        passages.append(Passage(title, [text]))
+        if par.get("is_supporting"):
+            sf.append((title, 0))
+    decomp = row.get("question_decomposition", list, required=False, default=[])
+    meta: dict[str, Any] = {"answerable": row.obj.get("answerable", True), "decomposition": decomp}
+    _merge_carelab_meta(row, meta)
+    hops = len(decomp) or (int(qid[0]) if qid[:1].isdigit() and "hop" in qid else len(sf) or 1)
+    return QAExample(qid, question, _answers_list(row, [answer, *aliases], "answer"), passages, sf, "musique",
+                     hops, meta)
+
+
+def _drop_answer(row: _Row, ans: Any, fld: str) -> str:
+    if not isinstance(ans, dict):
+        raise row.error("expected an object with number/date/spans", fld)
+    if str(ans.get("number") or "").strip():
+        return str(ans["number"]).strip()
+    spans = ans.get("spans") or []
+    if spans:
+        return ", ".join(str(s) for s in spans)
+    date = ans.get("date") or {}
+    parts = [str(date.get(k) or "").strip() for k in ("month", "day", "year")]
+    if any(parts):
+        month, day, year = parts
+        return f"{month} {day}, {year}".replace(" ,", ",").strip(", ") if day else " ".join(p for p in parts if p)
+    raise row.error("no number, spans or date in the answer", fld)
+
+
+def _longbench(row: _Row) -> QAExample:
+    qid = row.text("_id")
+    question = row.text("input")
+    context = row.text("context")
+    answers = _answers_list(row, row.get("answers", (list, str)), "answers")
+    chunks = re.split(r"(?:^|\n\n)Passage \d+:\n", context)
+    passages = []
+    if len(chunks) > 1:
+        for ch in chunks:
+            ch = ch.strip()
+            if ch:
+                title, _, body = ch.partition("\n")
+                passages.append(Passage(title.strip(), split_sentences(body) or [body]))
+    else:
+        passages = [Passage("", [p.strip() for p in context.split("\n\n") if p.strip()] or [context])]
+    meta: dict[str, Any] = {"dataset": row.obj.get("dataset", ""), "length": row.obj.get("length"),
+                            "language": row.obj.get("language"), "all_classes": row.obj.get("all_classes")}
+    _merge_carelab_meta(row, meta)
+    return QAExample(qid, question, answers, passages, [], "longbench", int(meta.get("hops") or 1), meta)
+
+
+def _passages_field(row: _Row, key: str = "passages") -> list[Passage]:
+    out = []
+    for j, p in enumerate(row.get(key, list)):
+        sents = row.get("sentences", list, obj=p, name=f"{key}[{j}].sentences")
+        if not all(isinstance(s, str) for s in sents):
+            raise row.error("sentences must be strings", f"{key}[{j}].sentences")
+        out.append(Passage(str(p.get("title", "")), list(sents)))
+    return out
+
+
+def _cofca(row: _Row) -> QAExample:
+    qid = row.text("id")
+    question = row.text("question")
+    answers = _answers_list(row, row.obj.get("answers", row.obj.get("answer")), "answer")
+    if "passages" in row.obj:
+        passages = _passages_field(row)
+    else:
+        passages = [Passage("", split_sentences(row.text("context")))]
+    cf = row.get("counterfactual", bool)
+    original = row.obj.get("original_answer")
+    if cf and original is None:
+        raise row.error("counterfactual rows need the original (real-world) answer", "original_answer")
+    sf = [(str(t), int(i)) for t, i in row.get("supporting_facts", list, required=False, default=[])]
+    meta: dict[str, Any] = {"counterfactual": cf, "original_answer": original,
+                            "fact_id": row.obj.get("fact_id"), "category": row.obj.get("category")}
+    _merge_carelab_meta(row, meta)
+    return QAExample(qid, question, answers, passages, sf, "cofca", int(meta.get("hops") or 1), meta)
+
+
+def _carelab(row: _Row) -> QAExample:
+    row.text("id")
+    row.text("question")
+    _answers_list(row, row.get("answers", list), "answers")
+    _passages_field(row)
+    try:
+        return QAExample.from_dict(row.obj)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise row.error(f"malformed record ({exc})") from None
+
+
+def _msmarco_hf_row(row: _Row) -> tuple[QAExample | None, bool]:
+    """One row of the Hugging Face MS MARCO v2.1 layout; ``(None, True)`` for 'No Answer Present.'."""
+    query = row.text("query")
+    qid = row.text("query_id")
+    answers = [a for a in (row.get("answers", list)) if isinstance(a, str) and a.strip()
+               and a.strip() != "No Answer Present."]
+    well = row.obj.get("wellFormedAnswers")
+    if isinstance(well, list):
+        answers = [a for a in well if isinstance(a, str) and a.strip()] + answers
+    ps = row.get("passages", (dict, list))
+    if isinstance(ps, dict):  # columnar inside the row: {is_selected: [...], passage_text: [...], url: [...]}
+        texts, sel, urls = ps.get("passage_text"), ps.get("is_selected") or [], ps.get("url") or []
+        if not isinstance(texts, list):
+            raise row.error("missing list", "passages.passage_text")
+        ps = [{"passage_text": t, "is_selected": sel[j] if j < len(sel) else 0,
+               "url": urls[j] if j < len(urls) else ""} for j, t in enumerate(texts)]
+    passages, sf = [], []
+    for j, p in enumerate(ps):
+        text = row.text("passage_text", obj=p, name=f"passages[{j}].passage_text")
+        title = str(p.get("url") or f"Passage {j + 1}")
+        passages.append(Passage(title, [text]))
+        if p.get("is_selected"):
+            sf.append((title, 0))
+    if not answers:
+        return None, True
+    meta: dict[str, Any] = {"query_type": row.obj.get("query_type")}
+    _merge_carelab_meta(row, meta)
+    return QAExample(qid, query, answers, passages, sf, "msmarco", 1, meta), False
+
+
+# --------------------------------------------------------------------------------------------------
+# File-level readers and detection
+# --------------------------------------------------------------------------------------------------
+
+_JSONL_FORMATS = {"musique": _musique, "longbench": _longbench, "cofca": _cofca, "carelab": _carelab}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"invalid JSON ({exc.msg})", line=exc.lineno) from None
+
+
+def _detect_obj(obj: dict) -> str | None:
+    keys = set(obj)
+    if {"paragraphs", "question_decomposition"} <= keys or ("paragraphs" in keys and "answerable" in keys):
+        return "musique"
+    if {"input", "context", "answers"} <= keys:
+        return "longbench"
+    if "counterfactual" in keys or "original_answer" in keys:
+        return "cofca"
+    if {"query", "passages"} <= keys:
+        return "msmarco"
+    if "evidences" in keys or "entity_ids" in keys:
+        return "2wiki"
+    if {"context", "supporting_facts"} <= keys and "question" in keys:
+        return "hotpotqa"
+    if {"question", "answers", "passages"} <= keys:
+        return "carelab"
+    return None
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Guess the native format from the file's content (first record); raises ``InputError`` if unclear."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file")
+    with p.open(encoding="utf-8") as fh:
+        head = fh.read(1 << 16).lstrip()
+    first: Any = None
+    if head.startswith("["):
+        data = _read_json(p)
+        first = data[0] if isinstance(data, list) and data else None
+    elif head.startswith("{"):
+        line = head.split("\n", 1)[0]
+        try:
+            first = json.loads(line)
+        except json.JSONDecodeError:
+            first = None
+        if first is None or p.suffix == ".json":
+            try:
+                whole = _read_json(p)
+            except InputError:
+                whole = None
+            if isinstance(whole, dict):
+                if {"query", "passages"} <= set(whole) and isinstance(whole.get("query"), dict):
+                    return "msmarco"
+                vals = list(whole.values())[:1]
+                if vals and isinstance(vals[0], dict) and {"passage", "qa_pairs"} <= set(vals[0]):
+                    return "drop"
+                first = whole
+    fmt = _detect_obj(first) if isinstance(first, dict) else None
+    if fmt is None:
+        raise InputError(p, "cannot tell the dataset format from the content; pass --format with one of "
+                         + ", ".join(FORMATS))
+    return fmt
+
+
+def _iter_rows(path: Path, fmt: str) -> Iterator[_Row]:
+    """Yield raw rows of a file with where-information (line for JSONL, item for JSON arrays)."""
+    with path.open(encoding="utf-8") as fh:
+        head = fh.read(64).lstrip()
+    if head.startswith("["):
+        data = _read_json(path)
+        for j, obj in enumerate(data):
+            yield _Row(path, f", item {j}", None, obj)
+        return
+    if fmt in ("drop",) or (fmt == "msmarco" and path.suffix == ".json" and not _looks_jsonl(path)):
+        data = _read_json(path)
+        if not isinstance(data, dict):
+            raise InputError(path, "expected a JSON object at the top level")
+        yield _Row(path, "", None, data)
+        return
+    with path.open(encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            raw = raw.strip()
+            if not raw:
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                yield _Row(path, "", lineno, InputError(path, f"invalid JSON ({exc.msg})", line=lineno))
+                continue
+            yield _Row(path, "", lineno, obj)
+
+
+def _looks_jsonl(path: Path) -> bool:
+    with path.open(encoding="utf-8") as fh:
+        first = fh.readline().strip()
+    try:
+        obj = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and "query" in obj and not isinstance(obj.get("query"), dict)
+
+
+def _convert(fmt: str, row: _Row) -> list[tuple[QAExample | None, bool, _Row]]:
+    """Rows -> examples; DROP and columnar MS MARCO expand one top-level object into many rows."""
+    if isinstance(row.obj, InputError):
+        raise row.obj
+    if not isinstance(row.obj, dict):
+        raise row.error("expected a JSON object")
+    if fmt in ("hotpotqa", "2wiki"):
+        return [(_hotpot_like(row, fmt), False, row)]
+    if fmt in _JSONL_FORMATS:
+        return [(_JSONL_FORMATS[fmt](row), False, row)]
+    if fmt == "msmarco":
+        if isinstance(row.obj.get("query"), dict):  # official v2.1 columnar file
+            return [(None, False, _Row(row.path, f", query {k}", None, _msmarco_column(row.obj, k)))
+                    for k in row.obj["query"]]
+        ex, unanswerable = _msmarco_hf_row(row)
+        return [(ex, unanswerable, row)]
+    if fmt == "drop":
+        out = []
+        for pid, entry in row.obj.items():
+            sub = _Row(row.path, f", passage {pid}", None, entry)
+            out.append((None, False, sub))
+        return out
+    raise InputError(row.path, f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def _msmarco_column(data: dict, k: str) -> dict:
+    row = {col: (vals.get(k) if isinstance(vals, dict) else None) for col, vals in data.items()}
+    if isinstance(row.get("wellFormedAnswers"), str):  # the official file stores "[]" strings
+        row["wellFormedAnswers"] = []
+    return row
+
+
+def _drop_passage(sub: _Row, pid: str, on_error: Callable[[InputError], None] | None = None) -> list[QAExample]:
+    """The questions of one DROP passage; a bad question is reported to ``on_error`` (or raised)."""
+    passage = sub.text("passage")
+    pairs = sub.get("qa_pairs", list)
+    sents = split_sentences(passage)
+    out = []
+    for j, qa in enumerate(pairs):
+        q = _Row(sub.path, f"{sub.where}, qa_pairs[{j}]", None, qa)
+        try:
+            question = q.text("question")
+            answers = [_drop_answer(q, q.get("answer", dict), "answer")]
+        except InputError as exc:
+            if on_error is None:
+                raise
+            on_error(exc)
+            continue
+        for v in qa.get("validated_answers") or []:
+            try:
+                a = _drop_answer(q, v, "validated_answers")
+            except InputError:
+                continue
+            if a not in answers:
+                answers.append(a)
+        meta: dict[str, Any] = {"passage_id": pid}
+        sf = _merge_carelab_meta(q, meta) or []
+        out.append(QAExample(q.text("query_id", required=False, default=f"{pid}-{j}") or f"{pid}-{j}", question,
+                             answers, [Passage("", sents)], sf, "drop", 1, meta))
+    return out
+
+
+def load_examples_with_report(path: str | os.PathLike, format: str | None = None, *, skip_invalid: bool = False,
+                              limit: int | None = None) -> tuple[list[QAExample], LoadReport]:
+    """Like :func:`load_examples`, also returning the :class:`LoadReport` (kept/skipped counts)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file")
+    fmt = format or detect_format(p)
+    if fmt == "2wikimqa":
+        fmt = "2wiki"
+    if fmt not in FORMATS:
+        raise InputError(p, f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}", field="format")
+    report = LoadReport(str(p), fmt)
+    out: list[QAExample] = []
+
+    def skip(exc: InputError) -> None:
+        if not skip_invalid:
+            raise exc
+        report.skipped += 1
+        if len(report.reasons) < 20:
+            report.reasons.append(str(exc))
+
+    def add(ex: QAExample | None, unanswerable: bool) -> bool:
+        if unanswerable or ex is None:
+            report.unanswerable += int(unanswerable)
+            return False
+        out.append(ex)
+        return limit is not None and len(out) >= limit
+
+    for row in _iter_rows(p, fmt):
+        try:
+            converted = _convert(fmt, row)
+        except InputError as exc:
+            skip(exc)
+            continue
+        for ex, unanswerable, sub in converted:
+            try:
+                if fmt == "drop":
+                    exs: list[tuple[QAExample | None, bool]] = [
+                        (e, False) for e in _drop_passage(sub, sub.where.split()[-1], skip if skip_invalid else None)]
+                elif fmt == "msmarco" and ex is None and not unanswerable:
+                    exs = [_msmarco_hf_row(sub)]
+                else:
+                    exs = [(ex, unanswerable)]
+            except InputError as exc:
+                skip(exc)
+                continue
+            for e, u in exs:
+                if add(e, u):
+                    report.loaded = len(out)
+                    return out, report
+    report.loaded = len(out)
+    if report.skipped:
+        log.warning("%s", report.summary())
+    return out, report
+
+
+def load_examples(path: str | os.PathLike, format: str | None = None, *, skip_invalid: bool = False,
+                  limit: int | None = None) -> list[QAExample]:
+    """Load a native dataset file into :class:`QAExample` records.
+
+    ``format`` is one of :data:`FORMATS` (``None``: detect from the content). A malformed row raises
+    ``carelab.runs.InputError`` naming the file, line (JSONL) or item (JSON), and field; with
+    ``skip_invalid`` such rows are skipped and counted (a warning is logged; see
+    :func:`load_examples_with_report` for the counts).
+    """
+    return load_examples_with_report(path, format, skip_invalid=skip_invalid, limit=limit)[0]
+
+
+def load_hub_dataset(name: str, split: str, format: str, *, limit: int | None = None,
+                     config: str | None = None) -> list[QAExample]:
+    """Load a dataset from the Hugging Face hub (``datasets.load_dataset``) and convert its rows.
+
+    Needs network access (never used in tests). ``format`` names the row shape, as for files; e.g.
+    ``load_hub_dataset("hotpotqa/hotpot_qa", "validation", "hotpotqa", config="distractor")``.
+    HotpotQA on the hub stores ``context``/``supporting_facts`` column-wise; those are normalised here.
+    """
+    import datasets as hf_datasets
+
+    ds = hf_datasets.load_dataset(name, config, split=split) if config else hf_datasets.load_dataset(name, split=split)
+    out: list[QAExample] = []
+    where = f"hub:{name}[{split}]"
+    for j, raw in enumerate(ds):
+        obj = dict(raw)
+        if fmt_is_hotpot(format) and isinstance(obj.get("context"), dict):
+            c = obj["context"]
+            obj["context"] = [[t, s] for t, s in zip(c["title"], c["sentences"], strict=False)]
+            sf = obj.get("supporting_facts") or {}
+            obj["supporting_facts"] = [[t, i] for t, i in zip(sf.get("title", []), sf.get("sent_id", []),
+                                                                  strict=False)]
+            if "id" in obj and "_id" not in obj:
+                obj["_id"] = obj["id"]
+        row = _Row(Path(where), f", item {j}", None, obj)
+        if format == "drop":
+            qa = {"question": obj["question"], "answer": {"spans": list(obj["answers_spans"]["spans"])},
+                  "query_id": obj.get("query_id", str(j))}
+            out.extend(_drop_passage(_Row(Path(where), f", item {j}", None,
+                                          {"passage": obj["passage"], "qa_pairs": [qa]}), str(j)))
+        elif format == "msmarco":
+            ex, _ = _msmarco_hf_row(row)
+            if ex is not None:
+                out.append(ex)
+        else:
+            out.extend(e for e, _, _ in _convert(format, row) if e is not None)
+        if limit is not None and len(out) >= limit:
+            return out[:limit]
+    return out
+
+
+def fmt_is_hotpot(format: str) -> bool:
+    return format in ("hotpotqa", "2wiki")
