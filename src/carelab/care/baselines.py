@@ -301,13 +301,30 @@ def build_prompt(method: str, example: QAExample, *, rag_k: int = 3, retriever: 
                            "scores": [round(s, 4) for s in decision.scores]})
 
 
+_LEAD_IN = re.compile(r"^(?:the\s+)?(?:final\s+|short\s+)?answer\b(?:\s+to\s+(?:the|this|your)\s+question)?"
+                      r"(?:\s+is\s*:?|\s*:)\s*", re.IGNORECASE)
+
+
 def plain_answer(text: str) -> str:
-    """How plain (non-CARE) outputs are scored: after an ``Answer:`` prefix if any, then the first line."""
+    """How plain (non-CARE) outputs are scored.
+
+    After an ``Answer:`` marker if there is one, the first non-empty line, without a lead-in such as
+    "The answer is:"; when that lead-in is the whole line, the next line is the answer. Small instruct
+    models often add an explanation after the answer, which would only dilute F1 (this favours the
+    baselines, never CARE).
+
+    >>> plain_answer("The answer is:\n\nWarsaw, Poland.\nShe was born there.")
+    'Warsaw, Poland.'
+    """
     text = care_format.strip_stop(text)
     pos = text.find(care_format.ANSWER_MARKER)
     if pos >= 0:
         text = text[pos + len(care_format.ANSWER_MARKER):]
     for line in text.splitlines():
-        if line.strip():
-            return line.strip()
+        line = line.strip()
+        if not line:
+            continue
+        rest = _LEAD_IN.sub("", line, count=1).strip()
+        if rest:
+            return rest
     return ""

@@ -102,7 +102,7 @@ def report_command(
     out: Annotated[str | None, typer.Option("--out", "-o", help="Report directory (default: the run directory "
                                             "when there is one).")] = None,
     max_examples: Annotated[int, typer.Option("--max-examples", help="Viewer examples per method and dataset.")
-                            ] = 50,
+                            ] = 20,
 ) -> None:
     """Rebuild the Markdown tables, bar chart and HTML evidence viewer from one or more runs."""
     from carelab.care.report import results_text, write_report

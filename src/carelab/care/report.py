@@ -161,7 +161,7 @@ def bar_chart(table: Sequence[dict], columns: Sequence[str], path: str | Path, y
     return save_figure(fig, path)
 
 
-def viewer_records(rows: Sequence[dict], max_per_group: int | None = 50) -> list[dict]:
+def viewer_records(rows: Sequence[dict], max_per_group: int | None = 20) -> list[dict]:
     """Prediction records for the viewer: up to ``max_per_group`` per (method, dataset), in file order."""
     records = []
     for r in rows:
@@ -175,7 +175,7 @@ def viewer_records(rows: Sequence[dict], max_per_group: int | None = 50) -> list
     return records
 
 
-def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, max_viewer_examples: int | None = 50
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, max_viewer_examples: int | None = 20
                  ) -> dict[str, Path]:
     """Write ``report.md``, ``results.csv``, ``scores.png`` and ``viewer.html`` for one or more runs."""
     from carelab.care.viewer import write_viewer
