@@ -213,13 +213,6 @@ def test_duplicate_ids_are_an_input_error(tmp_path):
         ev.load_datasets([data])
 
 
-def _has_native_loader() -> bool:
-    from carelab.care import datasets
-
-    return hasattr(datasets, "load_examples")
-
-
-@pytest.mark.skipif(not _has_native_loader(), reason="carelab.care.datasets.load_examples not landed yet")
 def test_longbench_and_cofca_files(tmp_path, monkeypatch):
     lb = tmp_path / "hotpotqa.jsonl"
     lb.write_text("".join(json.dumps({
@@ -257,6 +250,10 @@ def test_eval_command_errors_are_one_line(tmp_path):
     res = CliRunner().invoke(app, ["--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o"),
                                    "--model", "tiny-random-qwen2"])
     assert res.exit_code == 2 and "missing.jsonl" in res.output and "Traceback" not in res.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(ex("a", "q", ["x"]).to_dict()) + "\n{not json\n")
+    res = CliRunner().invoke(app, ["--data", str(bad), "--out", str(tmp_path / "o"), "--model", "tiny-random-qwen2"])
+    assert res.exit_code == 2 and "bad.jsonl, line 2" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["--data", "x.jsonl", "--out", str(tmp_path / "o"), "--method", "magic"])
     assert res.exit_code == 2 and "unknown method 'magic'" in res.output
     spec = parse_method("SFT-only=care@runs/sft", default_adapter="runs/grpo")

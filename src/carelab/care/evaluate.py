@@ -88,24 +88,10 @@ class DatasetFile:
 
 # --------------------------------------------------------------------------- loading
 def _load_examples(path: str, fmt: str | None, limit: int | None) -> list[QAExample]:
-    """Load a data file with ``datasets.load_examples`` (carelab JSONL fallback while it is absent)."""
-    try:
-        from carelab.care.datasets import load_examples  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - only before the loaders land
-        load_examples = None
-    if load_examples is not None:
-        return list(load_examples(path, fmt, limit=limit))
-    if not Path(path).exists():
-        raise InputError(path, "no such file")
-    out: list[QAExample] = []
-    for lineno, obj in read_jsonl(path):
-        try:
-            out.append(QAExample.from_dict(obj))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(path, f"not a carelab QA record ({exc})", line=lineno) from None
-        if limit is not None and len(out) >= limit:
-            break
-    return out
+    """Load a data file in any supported native format (``datasets.load_examples``; format detected)."""
+    from carelab.care.datasets import load_examples
+
+    return list(load_examples(path, fmt, limit=limit))
 
 
 def _dataset_kind(examples: Sequence[QAExample]) -> str:
