@@ -58,16 +58,18 @@ def _default_damping(dtype: torch.dtype) -> float:
 def _psd_eigh(gram: torch.Tensor, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigen-decompose a batch of symmetric PSD matrices; return (damped eigenvalues, eigenvectors).
 
-    The damping is ``damping · trace/r`` plus the dtype's tiny, so a zero matrix (B = 0) gives a huge
-    but finite inverse that multiplies a zero right-hand side.
+    ``eigh`` reads one triangle only, so Gram matrices need no explicit symmetrisation. The damping is
+    ``damping · trace/r`` plus a dtype floor, so a zero matrix (B = 0) gives a huge but finite inverse
+    that multiplies a zero right-hand side.
     """
-    gram = 0.5 * (gram + gram.mT)  # exact symmetry for eigh
     evals, evecs = torch.linalg.eigh(gram)
-    r = gram.shape[-1]
-    trace = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1, keepdim=True)
-    floor = torch.finfo(gram.dtype).tiny ** 0.5
-    shift = damping * trace.clamp_min(0) / r + floor
-    return evals.clamp_min(0) + shift, evecs
+    evals = evals.clamp_min(0)
+    floor = _FLOOR[gram.dtype]
+    shift = evals.sum(-1, keepdim=True) * (damping / gram.shape[-1]) + floor
+    return evals + shift, evecs
+
+
+_FLOOR = {torch.float32: torch.finfo(torch.float32).tiny ** 0.5, torch.float64: torch.finfo(torch.float64).tiny ** 0.5}
 
 
 def _inverse_from_eigh(evals: torch.Tensor, evecs: torch.Tensor) -> torch.Tensor:
@@ -97,11 +99,13 @@ def _sylvester_from_eigh(lp, up, lq, vq, c):
 
 
 def _as_scale(scaling: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    s = torch.as_tensor(scaling, dtype=like.dtype, device=like.device)
+    if not torch.is_tensor(scaling):
+        if scaling == 0:
+            raise ValueError("LoRA scaling s is 0; the LoRA update is identically zero and cannot be adjusted")
+        return torch.tensor(float(scaling), dtype=like.dtype, device=like.device)
+    s = scaling.to(dtype=like.dtype, device=like.device)
     while s.dim() < like.dim():
         s = s.unsqueeze(-1)
-    if torch.any(s == 0):
-        raise ValueError("LoRA scaling s is 0; the LoRA update is identically zero and cannot be adjusted")
     return s
 
 
@@ -277,7 +281,10 @@ def adjusted_pair_gradients(
     for key, group in buckets.items():
         kind = key[0]
         dev = group[0].A.device
-        s = torch.tensor([p.scaling for p in group], device=dev)
+        scales = [p.scaling for p in group]
+        if 0.0 in scales:
+            raise ValueError(f"{group[scales.index(0.0)].name}: LoRA scaling is 0; nothing to adjust")
+        s = torch.tensor(scales, device=dev)
         if kind == "ab":
             if len(group) == 1:
                 p = group[0]

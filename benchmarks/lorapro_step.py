@@ -1,0 +1,219 @@
+"""Optimizer step time: LoRA-Pro (efficient, full) vs plain AdamW on one LoRA model, and vs PyPI lora-pro-adamw.
+
+Claim checked (issue 6): LoRA-Pro efficient ≤ 1.15× AdamW's step time and ≤ 1.0× the independent
+`lora-pro-adamw` package's, and both implementations give the same update on the same gradients
+where their definitions agree (efficient mode: AdamW on the adjusted factor gradients).
+
+The peer is installed only in its own environment (never in carelab's), which sees carelab's
+packages through a .pth file::
+
+    python3.11 -m venv /tmp/lorapro-peer
+    echo "import site; site.addsitedir('$PWD/.venv/lib/python3.11/site-packages')" \\
+        > /tmp/lorapro-peer/lib/python3.11/site-packages/_carelab_main.pth
+    /tmp/lorapro-peer/bin/pip install --no-deps lora-pro-adamw==0.2.1
+
+    .venv/bin/python benchmarks/lorapro_step.py [--model smollm2-135m-instruct] [--peer-python /tmp/lorapro-peer/bin/python]
+
+Without the peer environment the peer comparison is skipped with a message. Timings are medians of
+``--repeats`` optimizer steps on fixed, real gradients (one forward/backward of a random batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def build(model_spec: str, rank: int, alpha: float, seed: int = 0):
+    """The LoRA model (B drawn non-zero, std 0.05, so every LoRA-Pro branch is active and BᵀB ≫ the peer's fixed 1e-6 jitter) and a batch."""
+    from peft import LoraConfig, get_peft_model
+
+    from carelab.models import load_model
+
+    model, tok = load_model(model_spec, trainable=True)
+    torch.manual_seed(seed)
+    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    gen = torch.Generator().manual_seed(seed)
+    return model, tok, gen
+
+
+def real_grads(model, tok, gen, batch: int, seq: int) -> dict[str, torch.Tensor]:
+    ids = torch.randint(5, len(tok) - 1, (batch, seq), generator=gen)
+    model.zero_grad(set_to_none=True)
+    model(input_ids=ids, labels=ids).loss.backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def set_grads(model, grads: dict[str, torch.Tensor]) -> None:
+    for n, p in model.named_parameters():
+        if n in grads:
+            p.grad = grads[n].clone()
+
+
+def time_steps(model, opt, grads, repeats: int, warmup: int = 3) -> float:
+    """Median ms of one optimizer step (fresh copies of the same gradients before each step)."""
+    return time_interleaved(model, {"x": opt}, grads, repeats, warmup)["x"]
+
+
+def time_interleaved(model, opts: dict, grads, repeats: int, warmup: int = 3) -> dict[str, float]:
+    """Median ms per optimizer, measured round-robin so load on a shared machine hits all alike."""
+    times: dict[str, list[float]] = {k: [] for k in opts}
+    for i in range(warmup + repeats):
+        for name, opt in opts.items():
+            set_grads(model, grads)
+            t0 = time.perf_counter()
+            opt.step()
+            dt = time.perf_counter() - t0
+            if i >= warmup:
+                times[name].append(dt)
+    return {k: 1000 * statistics.median(v) for k, v in times.items()}
+
+
+def lora_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def update_after(model, opt, grads, steps: int) -> dict[str, torch.Tensor]:
+    before = lora_state(model)
+    for _ in range(steps):
+        set_grads(model, grads)
+        opt.step()
+    return {n: p.detach() - before[n] for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    num = sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in a)
+    den = sum(float(b[k].double().pow(2).sum()) for k in a)
+    return (num / den) ** 0.5 if den > 0 else float("nan")
+
+
+def peer_worker(payload_path: str, out_path: str) -> None:
+    """Runs inside the peer environment: time lora-pro-adamw and record its updates."""
+    from lora_pro import LoRAProAdamW as PeerAdamW
+
+    cfg = torch.load(payload_path, weights_only=False)
+    torch.set_num_threads(cfg["threads"])
+    model, _, _ = build(cfg["model"], cfg["rank"], cfg["alpha"])
+    model.load_state_dict(cfg["state"], strict=False)
+    start = lora_state(model)
+    result: dict = {"version": __import__("importlib.metadata").metadata.version("lora-pro-adamw")}
+    for mode in ("efficient", "full"):
+        kw = dict(lr=cfg["lr"], weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8, lorapro_mode=mode)
+        if mode == "efficient":
+            kw["efficient_solver"] = "eig"
+        model.load_state_dict(start, strict=False)
+        result[f"{mode}_updates"] = update_after(model, PeerAdamW(model, **kw), cfg["grads"], cfg["compare_steps"])
+        model.load_state_dict(start, strict=False)
+        result[f"{mode}_ms"] = time_steps(model, PeerAdamW(model, **kw), cfg["grads"], cfg["repeats"])
+    # AdamW timed in the peer process too, so the peer ratio does not mix two processes' conditions
+    model.load_state_dict(start, strict=False)
+    adamw = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"], weight_decay=0.0)
+    result["adamw_ms"] = time_steps(model, adamw, cfg["grads"], cfg["repeats"])
+    torch.save(result, out_path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--alpha", type=float, default=16)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--seq", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--compare-steps", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--peer-python", default=os.environ.get("LORAPRO_PEER_PYTHON", "/tmp/lorapro-peer/bin/python"))
+    ap.add_argument("--peer-worker", nargs=2, metavar=("PAYLOAD", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path, help="also write the numbers as JSON here")
+    args = ap.parse_args()
+    if args.peer_worker:
+        peer_worker(*args.peer_worker)
+        return
+
+    from carelab.lora.lorapro import LoRAProAdamW, find_lora_pairs
+
+    torch.set_num_threads(args.threads)
+    model, tok, gen = build(args.model, args.rank, args.alpha)
+    grads = real_grads(model, tok, gen, args.batch, args.seq)
+    start = lora_state(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_pairs = len(find_lora_pairs(model))
+    print(f"model {args.model}: {n_pairs} LoRA layers, r={args.rank}, {sum(p.numel() for p in params):,} "
+          f"trainable parameters, torch threads {args.threads}")
+
+    def fresh(kind: str):
+        model.load_state_dict(start, strict=False)
+        if kind == "adamw":
+            return torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+        return LoRAProAdamW(model, lr=args.lr, weight_decay=0.0, mode=kind)
+
+    results: dict = {"model": args.model, "rank": args.rank, "pairs": n_pairs, "threads": args.threads}
+    # each optimizer steps the same parameters in turn; all see identical gradients, only time matters here
+    opts = {kind: fresh(kind) for kind in ("adamw", "efficient", "full")}
+    for kind, ms in time_interleaved(model, opts, grads, args.repeats).items():
+        results[f"{kind}_ms"] = ms
+    ours_updates = {kind: update_after(model, fresh(kind), grads, args.compare_steps) for kind in ("efficient", "full")}
+
+    peer_py = Path(args.peer_python)
+    if peer_py.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            payload, out = Path(tmp) / "payload.pt", Path(tmp) / "peer.pt"
+            torch.save({"model": args.model, "rank": args.rank, "alpha": args.alpha, "state": start, "grads": grads,
+                        "lr": args.lr, "repeats": args.repeats, "compare_steps": args.compare_steps,
+                        "threads": args.threads}, payload)
+            proc = subprocess.run([str(peer_py), __file__, "--peer-worker", str(payload), str(out)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0 or not out.exists():
+                print(f"peer run failed; skipping the peer comparison:\n{proc.stderr[-2000:]}")
+            else:
+                peer = torch.load(out, weights_only=False)
+                results["peer_version"] = peer["version"]
+                results["peer_process_adamw_ms"] = peer["adamw_ms"]
+                for mode in ("efficient", "full"):
+                    results[f"peer_{mode}_ms"] = peer[f"{mode}_ms"]
+                    results[f"update_rel_diff_{mode}"] = rel_diff(ours_updates[mode], peer[f"{mode}_updates"])
+    else:
+        print(f"lora-pro-adamw environment not found at {peer_py}: skipping the peer comparison "
+              "(create it as the module docstring shows, or pass --peer-python).")
+
+    a = results["adamw_ms"]
+    rows = [("AdamW (torch)", a, 1.0)]
+    rows.append(("LoRA-Pro efficient (carelab)", results["efficient_ms"], results["efficient_ms"] / a))
+    rows.append(("LoRA-Pro full (carelab)", results["full_ms"], results["full_ms"] / a))
+    if "peer_efficient_ms" in results:
+        rows.append((f"lora-pro-adamw {results['peer_version']} efficient (eig)", results["peer_efficient_ms"],
+                     results["peer_efficient_ms"] / results["peer_process_adamw_ms"]))
+        rows.append((f"lora-pro-adamw {results['peer_version']} full", results["peer_full_ms"],
+                     results["peer_full_ms"] / results["peer_process_adamw_ms"]))
+    print(f"\n| optimizer | step ms (median of {args.repeats}) | × AdamW (same process) |\n|---|---|---|")
+    for name, ms, ratio in rows:
+        print(f"| {name} | {ms:.2f} | {ratio:.2f} |")
+    print(f"\nefficient vs AdamW: {results['efficient_ms'] / a:.2f}× (goal ≤ 1.15×)")
+    if "peer_efficient_ms" in results:
+        for mode in ("efficient", "full"):
+            # normalised by each process's own AdamW time, so machine load in either process cancels
+            results[f"ratio_{mode}_vs_peer"] = (results[f"{mode}_ms"] / a) / (
+                results[f"peer_{mode}_ms"] / results["peer_process_adamw_ms"])
+            print(f"{mode} vs lora-pro-adamw {mode}: {results[f'ratio_{mode}_vs_peer']:.2f}× (goal ≤ 1.0×); "
+                  f"update after {args.compare_steps} steps differs by "
+                  f"{results[f'update_rel_diff_{mode}']:.2e} (relative L2)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
