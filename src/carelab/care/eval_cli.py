@@ -66,6 +66,8 @@ def eval_command(
     rag_k: Annotated[int, typer.Option("--rag-k", help="Passages kept by `rag`.")] = 3,
     retriever: Annotated[str, typer.Option("--retriever", help="bm25 or minilm (rag and crag).")] = "bm25",
     dtype: Annotated[str, typer.Option("--dtype")] = "float32",
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:N (default: CUDA if available).")
+                      ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     system_prompt_file: Annotated[Path | None, typer.Option(
         "--system-prompt-file", help="Text file with the CARE system prompt (e.g. the official wording).")] = None,
@@ -86,7 +88,7 @@ def eval_command(
             prompt = system_prompt_file.read_text(encoding="utf-8").strip()
         config = EvalConfig(data=list(data), methods=specs, out=out, model=model, data_format=data_format,
                             limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                            max_prompt_tokens=max_prompt_tokens, dtype=dtype, seed=seed,
+                            max_prompt_tokens=max_prompt_tokens, dtype=dtype, device=device, seed=seed,
                             care_system_prompt=prompt, report=not no_report)
         run_eval(config)
     except (InputError, ModelSpecError, FileNotFoundError, RuntimeError) as exc:

@@ -69,6 +69,8 @@ class EvalConfig:
     #: Prompt budget in tokens; default: the model's window minus ``max_new_tokens``.
     max_prompt_tokens: int | None = None
     dtype: str = "float32"
+    #: ``cpu``, ``cuda``, ``cuda:1`` …; default: CUDA when available, else CPU.
+    device: str | None = None
     seed: int = 0
     care_system_prompt: str | None = None
     #: Write report.md, the chart and the HTML viewer after the metrics.
@@ -347,7 +349,8 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     def model_for(adapter: str | None):
         if loaded.get("adapter", "<none>") != adapter or "model" not in loaded:
             loaded.clear()
-            model, tok = load_model(config.model, adapter=adapter, dtype=config.dtype)
+            device = config.device or ("cuda" if torch.cuda.is_available() else None)
+            model, tok = load_model(config.model, adapter=adapter, dtype=config.dtype, device=device)
             loaded.update(adapter=adapter, model=model, tok=tok)
         return loaded["model"], loaded["tok"]
 

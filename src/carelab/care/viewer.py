@@ -197,8 +197,8 @@ def _example_html(rec: dict[str, Any], idx: int) -> str:
 <p><b>Answer:</b> <span class="answer">{e(str(rec.get('prediction', '')))}</span>
  &nbsp; <b>Gold:</b> <span class="gold">{e(' | '.join(map(str, golds)))}</span></p>
 <details open><summary>Quotes ({len(quotes)})</summary>{quotes_html}</details>
-<details><summary>Reasoning</summary>{reasoning}</details>
-<details><summary>Context the model saw</summary><div class="ctx">{highlight_context(str(rec.get('context', '')), quotes)}</div></details>
+<details open><summary>Reasoning</summary>{reasoning}</details>
+<details open><summary>Context the model saw</summary><div class="ctx">{highlight_context(str(rec.get('context', '')), quotes)}</div></details>
 <details><summary>Raw output</summary><div class="think">{e(str(rec.get('raw', '')))}</div></details>
 </div>"""
 
