@@ -1,0 +1,28 @@
+"""Diffusion tests share tiny models; keep torch to one thread so the suite stays fast on shared CPUs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from carelab.diffusion.model import GPT, GPTConfig
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def tiny():
+    """Factory for a 2-layer model (vocab 32 + [MASK], block 16) with a fixed seed."""
+
+    def make(causal: bool, seed: int = 0, vocab: int = 33, block: int = 16) -> GPT:
+        torch.manual_seed(seed)
+        cfg = GPTConfig(vocab_size=vocab, block_size=block, n_layer=2, n_head=2, n_embd=32, causal=causal)
+        return GPT(cfg).eval()
+
+    return make
