@@ -132,7 +132,8 @@ class Backend(ABC):
 _CONNECT = ("First,", "Next,", "Then,", "After that,", "Finally,")
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'-]*")
 _STOP = frozenset("the a an of in on at to is was were be by for and or as with from that this it its which who "
-                  "what when where year city film novel born".split())
+                  "what when where year city film novel born first next then after finally let me so answer step question "
+                   "work through".split())
 
 
 def _content_words(text: str) -> set[str]:
