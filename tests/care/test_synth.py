@@ -109,3 +109,31 @@ def test_synth_cli(tmp_path):
     assert len(load_examples(out)) == 4
     res = CliRunner().invoke(app, ["data", "synth", "--kind", "squad", "--out", str(out)])
     assert res.exit_code == 2 and "--kind" in res.output
+
+
+def test_check_facts_scores(monkeypatch):
+    """check-facts' bookkeeping, with a fake model that knows every other fact and always follows context."""
+    import carelab.generation as gen
+    from carelab.care import facts as facts_mod
+
+    by_q = {f.question: f for f in candidate_facts()[:10]}
+
+    def fake_generate_chat(model, tok, conversations, settings=None, progress=None):
+        outs = []
+        for conv in conversations:
+            f = next(v for q, v in by_q.items() if conv[-1]["content"].endswith(q))
+            if conv[0]["content"] == facts_mod.CLOSED_BOOK_SYSTEM:
+                outs.append(f"It is {f.answer}." if list(by_q).index(f.question) % 2 == 0 else "I am not sure.")
+            else:
+                outs.append(f.altered if f.altered_sentence in conv[-1]["content"] else f.answer)
+        return outs
+
+    monkeypatch.setattr(gen, "generate_chat", fake_generate_chat)
+    cfg = facts_mod.CheckFactsConfig(limit=10, context_sample=3, context_words=120)
+    rows, summary = facts_mod.check_facts(None, None, cfg)
+    assert len(rows) == 10 and summary["known"] == 5 and summary["closed_book_accuracy"] == 50.0
+    assert summary["with_context_sample"] == 3
+    assert summary["counterfactual_long_context_accuracy"] == 100.0
+    assert summary["factual_long_context_accuracy"] == 100.0
+    assert summary["counterfactual_long_context_says_original"] == 0.0
+    assert summary["mean_context_words"] >= 120
