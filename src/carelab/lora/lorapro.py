@@ -145,15 +145,24 @@ def adjust_gradients(
     inv_btb = _inverse_from_eigh(lb, ub)
     inv_aat = _inverse_from_eigh(la, va)
 
-    ga0 = inv_s2 * (inv_btb @ gA)
-    gb_perp = gB - B @ (inv_btb @ (B.mT @ gB))  # (I − P_B)·g_B without an m×m matrix
-    gb0 = inv_s2 * (gb_perp @ inv_aat)
+    # Everything is regrouped so that only r×r matrices are formed besides the two outputs:
+    #   g_A' = [(1/s²)(BᵀB)⁻¹] g_A + X·A
+    #   g_B' = g_B [(1/s²)(AAᵀ)⁻¹] − B·[(1/s²)(BᵀB)⁻¹(Bᵀg_B)(AAᵀ)⁻¹ + X]
+    # (the second is (1/s²)(I − P_B) g_B (AAᵀ)⁻¹ − B·X without the m×m projector); one baddbmm each.
+    left_a = inv_s2 * inv_btb
+    right_b = inv_s2 * inv_aat
     if x is None:
-        x = _sylvester_from_eigh(lb, ub, la, va, -(ga0 @ A.mT))
+        rhs = -(left_a @ (gA @ A.mT))  # −(1/s²)(BᵀB)⁻¹ g_A Aᵀ
+        x = _sylvester_from_eigh(lb, ub, la, va, rhs)
     else:
         x = x.to(dtype)
-    new_a = ga0 + x @ A
-    new_b = gb0 - B @ x
+    mix_b = left_a @ (B.mT @ gB) @ inv_aat + x
+    if A.dim() == 2:
+        new_a = torch.addmm(left_a @ gA, x, A)
+        new_b = torch.addmm(gB @ right_b, B, mix_b, alpha=-1)
+    else:
+        new_a = torch.baddbmm(left_a @ gA, x, A) if A.dim() == 3 else left_a @ gA + x @ A
+        new_b = torch.baddbmm(gB @ right_b, B, mix_b, alpha=-1) if A.dim() == 3 else gB @ right_b - B @ mix_b
     return new_a.to(out_dtype_a), new_b.to(out_dtype_b)
 
 
