@@ -49,7 +49,7 @@ def eval_command(
     out: Annotated[str, typer.Option("--out", "-o", help="Run directory (resumed if it exists).")],
     method: Annotated[list[str] | None, typer.Option(
         "--method", "-m", help=f"Method (repeatable): {', '.join(METHODS)}; as METHOD, LABEL=METHOD or "
-                               "LABEL=METHOD@ADAPTER_DIR.")] = None,
+                               "LABEL=METHOD@ADAPTER_DIR (default: original).")] = None,
     model: Annotated[str, typer.Option("--model", help="Model spec: smollm2-135m-instruct, an HF folder/id, "
                                        "tiny-random-qwen2.")] = "smollm2-135m-instruct",
     adapter: Annotated[str | None, typer.Option("--adapter", help="PEFT adapter for `care` methods that name "
