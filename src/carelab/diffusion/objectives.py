@@ -18,6 +18,11 @@ from carelab.diffusion.model import GPT
 DEFAULT_EPS = 1e-3
 
 
+def _core(model) -> GPT:
+    """The GPT inside a DDP/FSDP wrapper (accelerate), so ``mask_id``/``config`` stay reachable."""
+    return getattr(model, "module", model)
+
+
 def ar_loss(model: GPT, x: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy (nats/token) of ``x`` (B, T+1): predicts x[:, 1:] from prefixes."""
     logits = model(x[:, :-1])
@@ -43,7 +48,7 @@ def mask_tokens(
 
 def mdm_loss_from_mask(model: GPT, x: torch.Tensor, mask: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """MDM loss for a given mask: Σ_masked CE(logits, x0)/p over (batch·length)."""
-    noisy = torch.where(mask, torch.full_like(x, model.mask_id), x)
+    noisy = torch.where(mask, torch.full_like(x, _core(model).mask_id), x)
     logits = model(noisy)
     ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), x.reshape(-1), reduction="none").view_as(x)
     return (ce * mask / p[:, None]).sum() / x.numel()
@@ -51,7 +56,7 @@ def mdm_loss_from_mask(model: GPT, x: torch.Tensor, mask: torch.Tensor, p: torch
 
 def mdm_loss(model: GPT, x: torch.Tensor, eps: float = DEFAULT_EPS, generator: torch.Generator | None = None) -> torch.Tensor:
     """One-sample MDM training loss (nats/token, an ELBO estimate) for clean tokens ``x`` (B, L)."""
-    _, mask, p = mask_tokens(x, model.mask_id, eps, generator=generator)
+    _, mask, p = mask_tokens(x, _core(model).mask_id, eps, generator=generator)
     return mdm_loss_from_mask(model, x, mask, p)
 
 
