@@ -56,6 +56,10 @@ def test_score_care_output_hand_computed():
     assert rec["f1"] == 1.0 and rec["em"] == 1.0
     assert [q["match"] for q in rec["quotes"]] == ["exact", "fuzzy", "none"]
     assert rec["well_formed"] is True
+    assert rec["f1_lenient"] == rec["f1"]
+    # No "Answer:" -> F1 0 under the protocol; the lenient diagnostic reads the line after the reasoning.
+    unformatted = score_output("<think>hmm</think>\nThe answer is: Paris", e, True, e.context)
+    assert unformatted["prediction"] == "" and unformatted["f1"] == 0.0 and unformatted["f1_lenient"] == 1.0
     # Quoting more than the gold fact lowers ROUGE-L below 100 but keeps it positive.
     assert 0 < rec["evidence_rouge_l"] < 100
 

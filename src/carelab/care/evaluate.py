@@ -191,6 +191,14 @@ def score_output(raw: str, example: QAExample, care_style: bool, seen_context: s
     golds = example.answers or [""]
     rec["prediction"] = prediction
     rec["f1"] = best_over_golds(qa_f1_score, prediction, golds)
+    # Diagnostic only: a CARE output without "Answer:" read like a plain one (after any reasoning block),
+    # to tell "wrong answer" from "right answer in the wrong format".
+    lenient = prediction
+    if care_style and not prediction:
+        text = care_format.strip_stop(raw, tuple(eos))
+        cut = text.rfind(care_format.THINK_CLOSE)
+        lenient = baselines.plain_answer(text[cut + len(care_format.THINK_CLOSE):] if cut >= 0 else text)
+    rec["f1_lenient"] = best_over_golds(qa_f1_score, lenient, golds)
     rec["em"] = best_over_golds(exact_match, prediction, golds)
     if "counterfactual" in example.meta:
         rec["counterfactual"] = bool(example.meta["counterfactual"])
@@ -221,6 +229,7 @@ def aggregate(records: Sequence[dict], kind: str = "qa", care_style: bool = True
     n = len(records)
     m: dict[str, Any] = {"n": n, "f1": _pct(_mean([r["f1"] for r in records])),
                          "em": _pct(_mean([r["em"] for r in records])),
+                         "f1_lenient": _pct(_mean([r.get("f1_lenient", r["f1"]) for r in records])),
                          "n_truncated": sum(1 for r in records if r.get("truncated"))}
     if kind == "counterfactual":
         cf = [r for r in records if r.get("counterfactual") is True]

@@ -214,8 +214,12 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, max_viewer
                "BLEU/ROUGE-L compare the quotes with the gold supporting facts where the data labels them.", "",
                markdown_table(gr)]
     details = [{"Method": r["label"], "Dataset": r.get("dataset_name", r["dataset"]), "n": r.get("n"),
-                "F1": r.get("f1"), "EM": r.get("em"), "truncated": r.get("n_truncated")} for r in rows]
-    md += ["## Per-run details", "", markdown_table(details),
+                "F1": r.get("f1"), "EM": r.get("em"), "F1 lenient": r.get("f1_lenient"),
+                "truncated": r.get("n_truncated")} for r in rows]
+    md += ["## Per-run details", "",
+           "F1 lenient (a diagnostic, not the protocol): a CARE-format output without `Answer:` is read like a "
+           "plain answer (first line after the reasoning), separating wrong answers from right answers in the "
+           "wrong format.", "", markdown_table(details),
            "", "![scores](scores.png)" if paths["png"] else "",
            "", f"Evidence viewer: [viewer.html](viewer.html) (open in a browser; file `{paths['viewer']}`)", ""]
     paths["markdown"] = out / "report.md"
