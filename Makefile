@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean chromium
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,7 +22,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/carelab care reproduce --preset cpu-quick
 
-test: $(STAMP)
+# Headless Chromium renders the CARE evidence viewer in a test (Debian package; skipped where apt is absent).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ) || \
+	  echo "chromium not installed: the HTML viewer test will be skipped"
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)

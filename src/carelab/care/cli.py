@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from carelab.care.data_cli import sft_data_command
+from carelab.care.eval_cli import eval_command, report_command
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -21,6 +22,10 @@ err = Console(stderr=True)
 MATCH_STYLE = {"exact": "bold green", "fuzzy": "bold yellow", "none": "bold red"}
 MATCH_LABEL = {"exact": "exact", "fuzzy": "fuzzy", "none": "not in context"}
 
+app.command("eval", help="Evaluate methods (original, care-prompt, care, rag, crag) on QA files; resumable.")(
+    eval_command
+)
+app.command("report", help="Tables, bar chart and HTML evidence viewer from one or more eval runs.")(report_command)
 app.command("sft-data", help="Three-stage SFT data pipeline: reason -> keep correct -> inject evidence -> tag.")(
     sft_data_command
 )
@@ -295,3 +300,29 @@ def grpo_command(
     metrics = _run_user_job(run_grpo, cfg)
     console.print(f"[bold green]GRPO done[/] reward {metrics['first_reward']} -> {metrics['last_reward']} "
                   f"({metrics['steps']} steps) · adapter in {metrics['final_adapter']}")
+
+
+@app.command("reproduce")
+def reproduce_command(
+    preset: str = typer.Option("cpu-quick", "--preset", help="cpu-quick | cpu-full | paper-qwen2.5-7b | YAML file"),
+    out: str | None = typer.Option(None, "--out", help="Run folder (default runs/<preset>)."),
+    model: str | None = typer.Option(None, "--model", "-m"),
+    seed: int | None = typer.Option(None, "--seed"),
+    ablations: bool | None = typer.Option(None, "--ablations/--no-ablations", help="Also train the ablations."),
+) -> None:
+    """The whole CARE chain in one resumable command: data → SFT data → SFT → GRPO → eval → report."""
+    from carelab.care.report import results_text
+    from carelab.care.reproduce import reproduce
+    from carelab.models import ModelSpecError
+    from carelab.runs import InputError
+
+    try:
+        eval_dir = reproduce(preset, out=out, model=model, seed=seed, ablations=ablations)
+    except (InputError, ModelSpecError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+    console.rule("[bold]Results (F1 ×100)")
+    console.print(results_text([str(eval_dir)]))
+    for name in ("report.md", "viewer.html"):
+        path = eval_dir / name
+        if path.exists():
+            console.print(f"{name}: [bold]{path.resolve()}[/]")

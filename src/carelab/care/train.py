@@ -48,6 +48,7 @@ class SFTRunConfig:
     resume: bool = False
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     dtype: str = "float32"
+    gradient_checkpointing: bool = False  # saves memory on big models; costs ~30 % time on small ones
 
 
 @dataclass
@@ -92,6 +93,7 @@ class GRPORunConfig:
     vllm_mode: str = "colocate"
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     dtype: str = "float32"
+    gradient_checkpointing: bool = False
     limit: int | None = None
 
 
@@ -225,7 +227,8 @@ def run_sft(cfg: SFTRunConfig) -> dict:
         eval_strategy="steps" if eval_ds is not None else "no",
         eval_steps=cfg.save_steps if eval_ds is not None else None, load_best_model_at_end=bool(
             eval_ds is not None and cfg.early_stopping_patience), metric_for_best_model="eval_loss",
-        use_cpu=not _has_gpu(), dataloader_num_workers=0, disable_tqdm=False, bf16=False,
+        use_cpu=not _has_gpu(), dataloader_num_workers=0, disable_tqdm=False, bf16=_bf16(cfg.dtype),
+        gradient_checkpointing=cfg.gradient_checkpointing,
     )
     callbacks = [_summary_callback()]
     if eval_ds is not None and cfg.early_stopping_patience:
@@ -255,6 +258,11 @@ def _sft_batches(dataset, tok, cfg: SFTRunConfig):
         ids = tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=True, return_dict=False)
         ids = torch.tensor([ids[: cfg.max_length]])
         yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+
+def _bf16(dtype: str) -> bool:
+    """Mixed precision only where asked for and supported (GPU bf16)."""
+    return dtype == "bfloat16" and _has_gpu()
 
 
 def _has_gpu() -> bool:
@@ -330,7 +338,8 @@ def run_grpo(cfg: GRPORunConfig) -> dict:
         entropy_coef=cfg.entropy_coef, loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_tokens,
         reward_weights=weights, logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
         seed=cfg.seed, report_to=cfg.report_to, use_cpu=not _has_gpu(),
-        use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, dataloader_num_workers=0, bf16=False,
+        use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, dataloader_num_workers=0, bf16=_bf16(cfg.dtype),
+        gradient_checkpointing=cfg.gradient_checkpointing,
         remove_unused_columns=False, log_completions=False, disable_tqdm=False,
     )
     trainer_cls = _curriculum_trainer_class()
