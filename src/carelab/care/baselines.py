@@ -306,7 +306,7 @@ _LEAD_IN = re.compile(r"^(?:the\s+)?(?:final\s+|short\s+)?answer\b(?:\s+to\s+(?:
 
 
 def plain_answer(text: str) -> str:
-    """How plain (non-CARE) outputs are scored.
+    r"""How plain (non-CARE) outputs are scored.
 
     After an ``Answer:`` marker if there is one, the first non-empty line, without a lead-in such as
     "The answer is:"; when that lead-in is the whole line, the next line is the answer. Small instruct
