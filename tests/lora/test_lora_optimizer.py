@@ -142,7 +142,8 @@ def test_non_lora_parameters_get_plain_adamw():
     norm = model.base_model.model.model.norm.weight
     norm.requires_grad_(True)
     ref = norm.detach().clone().requires_grad_(True)
-    opt = LoRAProAdamW(model, lr=1e-2, weight_decay=0.1)
+    with pytest.warns(UserWarning, match="no LoRA pairs"):
+        opt = LoRAProAdamW(model, lr=1e-2, weight_decay=0.1)
     ref_opt = torch.optim.AdamW([ref], lr=1e-2, weight_decay=0.1)
     for i in range(3):
         model(**_batch(tok, seed=i)).loss.backward()
