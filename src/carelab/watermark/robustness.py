@@ -354,16 +354,13 @@ def paper_reference_table() -> str:
 
 
 def plot_depth(cfg: RobustnessConfig, rows: list[dict], path: Path) -> Path:
-    from carelab.report import new_figure, save_figure
-
-    fig, axes = new_figure(5.2 * len(cfg.schemes), 3.8)
-    axes = np.atleast_1d(axes)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from carelab.report import save_figure
+
     fig, axes = plt.subplots(1, len(cfg.schemes), figsize=(5.2 * len(cfg.schemes), 3.8), squeeze=False)
     for ax, s in zip(axes[0], cfg.schemes, strict=True):
         base = next((r["tpr"] for r in rows if r["scheme"] == s and r["transform"] == "original"), None)

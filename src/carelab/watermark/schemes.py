@@ -21,6 +21,7 @@ LRU cache across calls), then counts hits with array operations.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -112,6 +113,7 @@ class KGW(_Scheme):
         context_width: tokens in the seeding window.
         z_threshold: detection threshold. ignore_repeated_ngrams: count each scored n-gram once.
         cache_size: green lists kept between calls (bit-packed; each costs a ``torch.randperm``).
+        threads: threads drawing a batch's missing green lists in ``detect_batch`` (default: up to 4).
 
     >>> wm = KGW(vocab_size=100)
     >>> len(wm.green_ids([5]))
@@ -122,7 +124,7 @@ class KGW(_Scheme):
 
     def __init__(self, vocab_size: int, gamma: float = 0.25, delta: float = 2.0, hash_key: int = 15485863,
                  seeding: str = "lefthash", context_width: int = 1, z_threshold: float = 3.0,
-                 ignore_repeated_ngrams: bool = False, cache_size: int = 4096):
+                 ignore_repeated_ngrams: bool = False, cache_size: int = 4096, threads: int | None = None):
         _check_common(vocab_size, gamma)
         if seeding not in ("lefthash", "selfhash"):
             raise ValueError(f"seeding must be 'lefthash' or 'selfhash', got {seeding!r}")
@@ -133,6 +135,7 @@ class KGW(_Scheme):
         self.z_threshold, self.ignore_repeated_ngrams = float(z_threshold), bool(ignore_repeated_ngrams)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()  # seed -> packed mask
         self._cache_size = int(cache_size)
+        self.threads = int(threads) if threads is not None else min(4, os.cpu_count() or 1)
         self._table: np.ndarray | None = None
 
     # ----- seeding (the single source of truth for generator and detector) -----
@@ -184,6 +187,29 @@ class KGW(_Scheme):
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return packed
+
+    def _prefetch(self, seeds: list[int]) -> None:
+        """Draw the missing green lists of a batch on ``threads`` threads (``torch.randperm`` releases the GIL)."""
+        missing = [s for s in seeds if s not in self._cache]
+        if self.threads <= 1 or len(missing) < 64:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        def draw(seed: int) -> tuple[int, np.ndarray]:
+            g = torch.Generator(device="cpu")
+            g.manual_seed(seed)
+            perm = torch.randperm(self.vocab_size, generator=g).numpy()
+            mask = np.zeros(self.vocab_size, dtype=bool)
+            mask[perm[: self.greenlist_size]] = True
+            return seed, np.packbits(mask)
+
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
+            for seed, packed in pool.map(draw, missing[: self._cache_size]):
+                self._cache[seed] = packed
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
 
     def _green_mask_for_seed(self, seed: int) -> np.ndarray:
         return np.unpackbits(self._packed_for_seed(seed), count=self.vocab_size).astype(bool)
@@ -254,6 +280,7 @@ class KGW(_Scheme):
         targets = stacked[:, -1]
         # Group positions by seed: one green list per distinct seed.
         keys, inverse = np.unique(seeds.astype(np.uint64), return_inverse=True)
+        self._prefetch([int(k) for k in keys])
         hits = np.zeros(len(stacked), dtype=bool)
         order = np.argsort(inverse, kind="stable")
         bounds = np.searchsorted(inverse[order], np.arange(len(keys) + 1))
