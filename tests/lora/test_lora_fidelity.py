@@ -11,7 +11,7 @@ from peft import LoraConfig, get_peft_model
 from typer.testing import CliRunner
 
 from carelab.lora.cli import app
-from carelab.lora.fidelity import FidelityConfig, layer_fidelity, make_task, run_experiment
+from carelab.lora.fidelity import FidelityConfig, layer_fidelity, load_records, make_task, run_experiment
 from carelab.lora.lorapro import find_lora_pairs
 from carelab.models import load_model
 from carelab.runs import InputError
@@ -75,6 +75,11 @@ def test_experiment_writes_report_and_resumes(tmp_path):
     # resume: nothing is re-run
     run_experiment(cfg, tmp_path, progress=False)
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 6
+    # a narrower grid on the same folder reports only its own runs (and runs nothing new)
+    narrow = _tiny_cfg(optimizers=["sgd"])
+    run_experiment(narrow, tmp_path, progress=False)
+    assert len(load_records(narrow, tmp_path)) == 3
+    assert "| adamw |" not in (tmp_path / "summary.md").read_text()
 
 
 def test_tasks_are_deterministic_and_text_file_errors_are_clear(tmp_path):

@@ -45,8 +45,8 @@ def fidelity_command(
     out: Path = typer.Option(Path("runs/lora-fidelity"), "--out", help="Output folder (resumes if it has runs.jsonl)."),
 ) -> None:
     """Cosine/error of LoRA vs LoRA-Pro equivalent gradients to the exact full gradient, and loss curves vs full FT."""
-    from carelab.lora.fidelity import FidelityConfig, run_experiment, write_report
-    from carelab.runs import InputError, read_jsonl
+    from carelab.lora.fidelity import FidelityConfig, load_records, run_experiment, write_report
+    from carelab.runs import InputError
 
     cfg = FidelityConfig(model=model, task=task, methods=_names(methods), optimizers=_names(optimizers),
                          sgd_lrs=_floats(sgd_lrs, "--sgd-lrs"), adamw_lrs=_floats(adamw_lrs, "--adamw-lrs"),
@@ -63,7 +63,7 @@ def fidelity_command(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         raise
-    records = [r for _, r in read_jsonl(out / "runs.jsonl", skip_invalid=True)]
+    records = load_records(cfg, out)
     command = "carelab lora " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("fidelity"):]) \
         if "fidelity" in sys.argv else None
     summary = write_report(records, cfg, out, command=command)

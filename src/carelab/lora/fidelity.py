@@ -319,8 +319,16 @@ def run_experiment(cfg: FidelityConfig, out: str | os.PathLike, *, progress: boo
                 bar.update(task, description=f"{method} {optimizer} lr={lr:g} seed={seed}")
                 store.write(run_one(method, optimizer, lr, seed, base, train, evald, cfg))
                 bar.advance(task)
-    records = [r for _, r in read_jsonl(out / "runs.jsonl", skip_invalid=True)]
-    return write_report(records, cfg, out)
+    return write_report(load_records(cfg, out), cfg, out)
+
+
+def load_records(cfg: FidelityConfig, out: str | os.PathLike) -> list[dict]:
+    """The finished runs of ``out`` that belong to ``cfg``'s plan (a changed grid ignores stale runs)."""
+    planned = {f"{m}|{o}|{lr:g}|{s}" for m, o, lr, s in planned_runs(cfg)}
+    path = Path(out) / "runs.jsonl"
+    if not path.exists():
+        return []
+    return [r for _, r in read_jsonl(path, skip_invalid=True) if r.get("run_id") in planned]
 
 
 def _final(losses: list[float], k: int = 5) -> float:
@@ -501,4 +509,4 @@ def config_from_dict(d: dict) -> FidelityConfig:
 
 
 __all__ = ["FidelityConfig", "run_experiment", "write_report", "make_task", "layer_fidelity", "planned_runs",
-           "summarise", "fidelity_rows", "config_from_dict"]
+           "summarise", "fidelity_rows", "config_from_dict", "load_records"]
