@@ -230,6 +230,10 @@ def load_model(spec: str | None = None, adapter: str | os.PathLike | None = None
             ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if resolved.kind in ("embedded", "tiny"):
+        # Adapters then record the portable spec as their base, not a cache path on this machine.
+        model.config._name_or_path = spec
+        model.name_or_path = spec
     if adapter is not None and str(adapter).lower() != "none":
         from peft import PeftModel
 

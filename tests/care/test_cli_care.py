@@ -1,0 +1,71 @@
+"""The CARE CLI: ask (tiny and SmolLM2), demo, clear one-line errors, reproduce on a toy preset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from carelab.cli import app
+
+runner = CliRunner()
+HERE = Path(__file__).parent
+
+
+def test_help_lists_sub_apps():
+    result = runner.invoke(app, ["--help"])
+    for name in ("care", "lora", "watermark", "diffusion", "data", "serve", "demo"):
+        assert name in result.output
+
+
+def test_ask_missing_file_is_one_line_error():
+    result = runner.invoke(app, ["care", "ask", "--context", "/no/such/file.txt", "-q", "x"])
+    assert result.exit_code == 2
+    assert "no such file" in result.output and "Traceback" not in result.output
+
+
+def test_ask_json_on_tiny_model_with_truncation(tmp_path):
+    ctx = tmp_path / "doc.txt"
+    ctx.write_text(" ".join(f"sentence{i}." for i in range(3000)))
+    result = runner.invoke(app, ["care", "ask", "-c", str(ctx), "-q", "Which sentence is last?", "-m",
+                                 "tiny-random-qwen2", "--adapter", "none", "--max-new-tokens", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout[result.stdout.index("{"):])
+    assert payload["truncated"] is True
+    assert set(payload["rewards"]) == {"format", "retrieval"}
+
+
+def test_reproduce_chain_on_toy_preset(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["care", "reproduce", "--preset", str(HERE / "data" / "tiny-preset.yaml"),
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for stage in ("1-synthetic-data", "2-sft-data", "3-sft", "4-grpo", "4b-grpo-no-retrieval-reward",
+                  "4c-grpo-no-curriculum", "5-eval"):
+        assert (out / "stages" / f"{stage}.done.json").exists()
+    report = (out / "eval" / "report.md").read_text()
+    for label in ("Original", "CARE-prompt", "SFT-only", "CARE", "no-retrieval-reward", "no-curriculum"):
+        assert label in report
+    assert (out / "eval" / "viewer.html").exists()
+    again = runner.invoke(app, ["care", "reproduce", "--preset", str(HERE / "data" / "tiny-preset.yaml"),
+                                "--out", str(out)])
+    assert again.exit_code == 0 and "done earlier, skipped" in again.output
+
+
+@pytest.mark.slow
+def test_smollm2_answers_in_care_format_through_ask(tmp_path):
+    """SmolLM2 with the CARE prompt (plus the bundled adapter when present) answers via `care ask --json`."""
+    ctx = tmp_path / "doc.txt"
+    ctx.write_text("Marie Curie was born in Warsaw in 1867. She moved to Paris to study physics.")
+    result = runner.invoke(app, ["care", "ask", "-c", str(ctx), "-q", "Where was Marie Curie born?",
+                                 "--max-new-tokens", "96", "--json", "--gold", "Warsaw"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout[result.stdout.index("{"):])
+    assert payload["raw"].strip()
+    assert set(payload["rewards"]) == {"accuracy", "format", "retrieval", "total"}
+    for quote in payload["quotes"]:
+        assert quote["match"] in {"exact", "fuzzy", "none"}
+    if payload["adapter"]:  # the shipped CARE adapter must produce the format
+        assert payload["well_formed"] and "Warsaw" in payload["answer"]

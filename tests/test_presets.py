@@ -1,0 +1,35 @@
+"""Presets: every bundled preset builds the configs; flags override; unknown keys are named."""
+
+from __future__ import annotations
+
+import pytest
+
+from carelab.care.train import GRPORunConfig, SFTRunConfig
+from carelab.presets import build_config, load_preset, preset_names
+from carelab.runs import InputError
+
+
+def test_bundled_presets_build():
+    assert {"cpu-quick", "cpu-full", "paper-qwen2.5-7b"} <= set(preset_names())
+    for name in preset_names():
+        p = load_preset(name)
+        sft = build_config(SFTRunConfig, p["sft"], {"data": ["x"], "out": "o"}, name)
+        grpo = build_config(GRPORunConfig, p["grpo"], {"easy": ["e"], "out": "o"}, name)
+        assert sft.lora_r == 8 and grpo.num_generations == 5 and grpo.beta == 0.01
+
+
+def test_flags_override_preset():
+    p = load_preset("cpu-quick")
+    cfg = build_config(GRPORunConfig, p["grpo"], {"easy": ["e"], "out": "o", "max_steps": 99, "lr": None}, "cpu-quick")
+    assert cfg.max_steps == 99 and cfg.lr == p["grpo"]["lr"]
+
+
+def test_unknown_key_and_preset_errors(tmp_path):
+    with pytest.raises(InputError, match="field 'learning_rat'"):
+        build_config(SFTRunConfig, {"learning_rat": 1}, {"data": ["x"], "out": "o"}, "my.yaml")
+    with pytest.raises(InputError, match="unknown preset"):
+        load_preset("no-such-preset")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sft: [unclosed\n")
+    with pytest.raises(InputError, match="invalid YAML"):
+        load_preset(str(bad))
