@@ -298,8 +298,12 @@ def _curriculum_trainer_class():
     return CareGRPOTrainer
 
 
-def run_grpo(cfg: GRPORunConfig) -> dict:
-    """GRPO with accuracy/format/retrieval rewards and the easy→hard curriculum; returns reward stats."""
+def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=None) -> dict:
+    """GRPO with accuracy/format/retrieval rewards and the easy→hard curriculum; returns reward stats.
+
+    ``callbacks`` are extra TrainerCallbacks and ``reward_wrapper`` wraps each reward function (both used by
+    ``benchmarks/grpo_step.py`` to time the parts of a step).
+    """
     from datasets import Dataset
     from trl import GRPOConfig
 
@@ -327,7 +331,12 @@ def run_grpo(cfg: GRPORunConfig) -> dict:
     dataset = Dataset.from_list(easy_rows + hard_rows)
     funcs = reward_functions(accuracy_normalized=cfg.accuracy_normalized, max_context_share=cfg.max_quote_share,
                              retrieval=cfg.retrieval_reward)
-    weights = list(cfg.reward_weights[: len(funcs)])
+    if not cfg.retrieval_reward:
+        weights = list(cfg.reward_weights[:2])
+    else:
+        weights = list(cfg.reward_weights)
+    if reward_wrapper is not None:
+        funcs = [reward_wrapper(f) for f in funcs]
     setup = prepare_adapter(cfg.adapter, model, r=cfg.lora_r, alpha=cfg.lora_alpha, lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     model = setup.model
@@ -348,7 +357,7 @@ def run_grpo(cfg: GRPORunConfig) -> dict:
                               "log_path": str(out / "curriculum.jsonl")}
     optimizer = make_optimizer(setup, model, cfg.lr, cfg.weight_decay)
     trainer = trainer_cls(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tok,
-                          callbacks=[_summary_callback()], optimizers=(optimizer, None))
+                          callbacks=[_summary_callback(), *(callbacks or [])], optimizers=(optimizer, None))
     resume = _last_checkpoint(out) if cfg.resume else None
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out / "grpo-adapter"))
