@@ -14,6 +14,7 @@ from rich.text import Text
 
 from carelab.care.data_cli import sft_data_command
 from carelab.care.eval_cli import eval_command, report_command
+from carelab.care.shipped import resolve_adapter
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -71,17 +72,6 @@ def _read_context(context: str) -> str:
         raise fail(f"{context}: not UTF-8 text") from None
 
 
-def _resolve_adapter(adapter: str | None) -> str | None:
-    """'auto' -> the bundled CARE adapter for the embedded model when present; 'none' -> no adapter."""
-    if adapter is None or adapter.lower() == "none":
-        return None
-    if adapter == "auto":
-        from carelab.care.shipped import default_adapter
-
-        return default_adapter()
-    return adapter
-
-
 @app.command("ask")
 def ask_command(
     question: str = typer.Option(..., "--question", "-q", help="The question to answer."),
@@ -105,7 +95,7 @@ def ask_command(
         if not system_prompt.exists():
             raise fail(f"{system_prompt}: no such file")
         prompt = system_prompt.read_text(encoding="utf-8").strip()
-    adapter_dir = _resolve_adapter(adapter) if model == "smollm2-135m-instruct" or adapter != "auto" else None
+    adapter_dir = resolve_adapter(adapter, model)
     try:
         mdl, tok = load_model(model, adapter=adapter_dir)
     except ModelSpecError as exc:
@@ -154,7 +144,7 @@ def demo_command(
 
     path = resources.files("carelab") / "data" / "demo.jsonl"
     items = [obj for _, obj in read_jsonl(str(path))]
-    adapter_dir = _resolve_adapter(adapter) if model == "smollm2-135m-instruct" or adapter != "auto" else None
+    adapter_dir = resolve_adapter(adapter, model)
     mdl, tok = load_model(model, adapter=adapter_dir)
     console.print(f"model: [bold]{model}[/] adapter: {adapter_dir or 'none'} · {len(items)} bundled questions")
     with Progress(console=console, transient=True) as bar:

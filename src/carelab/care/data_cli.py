@@ -154,7 +154,8 @@ def sft_data_command(
 
 def serve_command(
     model: str = typer.Option("smollm2-135m-instruct", "--model", help="Model spec to serve."),
-    adapter: str | None = typer.Option(None, "--adapter", help="PEFT adapter folder; 'none' = the plain model."),
+    adapter: str = typer.Option("auto", "--adapter", help="PEFT adapter folder; 'auto' = the bundled CARE adapter "
+                                "for the embedded model when present; 'none' = the plain model."),
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default)."),
     port: int = typer.Option(8000, "--port"),
     name: str | None = typer.Option(None, "--name", help="Model name reported by /v1/models (default: the spec)."),
@@ -165,6 +166,8 @@ def serve_command(
     from carelab.models import ModelSpecError
 
     try:
-        serve(model, adapter=adapter, host=host, port=port, model_name=name, max_new_tokens=max_new_tokens)
+        from carelab.care.shipped import resolve_adapter
+
+        serve(model, adapter=resolve_adapter(adapter, model), host=host, port=port, model_name=name, max_new_tokens=max_new_tokens)
     except ModelSpecError as exc:
         raise _fail(str(exc)) from None
