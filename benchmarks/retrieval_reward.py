@@ -15,7 +15,6 @@ import time
 from carelab.care import rewards
 from carelab.care.official import official_retrieval_reward as official_retrieval
 
-
 VOCAB = ("river mountain city council harbour northern merchant ancient bridge library festival engineer "
          "season market garden painter railway island tower museum village century").split()
 

@@ -74,7 +74,6 @@ def evidence_rouge_l(quoted: Sequence[str], gold_facts: Sequence[str]) -> float 
     """ROUGE-L F-measure (0–100) of the concatenated quotes against the concatenated gold facts."""
     if not gold_facts:
         return None
-    from rouge_score import rouge_scorer
 
     hyp = " ".join(quoted)
     if not hyp.strip():
