@@ -361,22 +361,24 @@ def plot_depth(cfg: RobustnessConfig, rows: list[dict], path: Path) -> Path:
 
     from carelab.report import save_figure
 
-    fig, axes = plt.subplots(1, len(cfg.schemes), figsize=(5.2 * len(cfg.schemes), 3.8), squeeze=False)
-    for ax, s in zip(axes[0], cfg.schemes, strict=True):
-        base = next((r["tpr"] for r in rows if r["scheme"] == s and r["transform"] == "original"), None)
-        for t in cfg.transforms:
-            pts = sorted((r["depth"], r["tpr"]) for r in rows if r["scheme"] == s and r["transform"] == t
-                         and r["tpr"] is not None)
-            if base is not None:
-                pts = [(0, base), *pts]
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=ROW_NAMES.get(t, t))
-        ax.set_title(f"{s.upper()}: TPR at z > {cfg.z_threshold:g}")
-        ax.set_xlabel("edits d")
-        ax.set_ylabel("TPR")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    fig, axes = plt.subplots(2, len(cfg.schemes), figsize=(5.2 * len(cfg.schemes), 7.2), squeeze=False)
+    for col, s in enumerate(cfg.schemes):
+        for row, (metric, label) in enumerate([("tpr", f"TPR at z > {cfg.z_threshold:g}"), ("auc", "ROC AUC")]):
+            ax = axes[row][col]
+            base = next((r[metric] for r in rows if r["scheme"] == s and r["transform"] == "original"), None)
+            for t in cfg.transforms:
+                pts = sorted((r["depth"], r[metric]) for r in rows if r["scheme"] == s and r["transform"] == t
+                             and r[metric] is not None)
+                if base is not None:
+                    pts = [(0, base), *pts]
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=ROW_NAMES.get(t, t))
+            ax.set_title(f"{s.upper()}: {label}")
+            ax.set_xlabel("edits d")
+            ax.set_ylabel(label)
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
     return save_figure(fig, path)
 
 
