@@ -242,7 +242,8 @@ def grpo_command(
     lr: float | None = typer.Option(None, "--lr"),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Completions per step (multiple of the group size)."),
     num_generations: int | None = typer.Option(None, "--num-generations", help="Group size (default 5)."),
-    temperature: float | None = typer.Option(None, "--temperature"),
+    temperature: float | None = typer.Option(None, "--temperature", help="Rollout temperature (paper: 1.0)."),
+    top_p: float | None = typer.Option(None, "--top-p"),
     beta: float | None = typer.Option(None, "--beta", help="KL coefficient (default 0.01)."),
     max_prompt_tokens: int | None = typer.Option(None, "--max-prompt-tokens"),
     max_completion_tokens: int | None = typer.Option(None, "--max-completion-tokens"),
@@ -274,7 +275,7 @@ def grpo_command(
             raise fail("--reward-weights needs exactly three numbers: accuracy,format,retrieval")
     overrides = dict(easy=easy or None, hard=hard or None, out=out, model=model, init_adapter=init_adapter,
                      data_format=data_format, adapter=adapter, max_steps=max_steps, lr=lr, batch_size=batch_size,
-                     num_generations=num_generations, temperature=temperature, beta=beta,
+                     num_generations=num_generations, temperature=temperature, top_p=top_p, beta=beta,
                      max_prompt_tokens=max_prompt_tokens, max_completion_tokens=max_completion_tokens,
                      long_prompts=long_prompts, reward_weights=weights,
                      retrieval_reward=False if no_retrieval_reward else None,

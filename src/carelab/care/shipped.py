@@ -21,3 +21,21 @@ def resolve_adapter(adapter: str | None, model: str) -> str | None:
     if adapter == "auto":
         return default_adapter() if model in (DEFAULT_MODEL, "smollm2", "embedded") else None
     return adapter
+
+
+def package_adapter(source: str, dest: str, card: str) -> Path:
+    """Copy a trained adapter as bf16 safetensors with a model card (how the bundled adapter is made)."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    src, out = Path(source), Path(dest)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(src / "adapter_model.safetensors")).items()}
+    save_file(tensors, str(out / "adapter_model.safetensors"))
+    cfg = json.loads((src / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "smollm2-135m-instruct"
+    (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+    (out / "README.md").write_text(card)
+    return out

@@ -71,6 +71,7 @@ class GRPORunConfig:
     grad_accum: int = 1
     num_generations: int = 5
     temperature: float = 1.0
+    top_p: float = 1.0
     beta: float = 0.01
     epsilon: float = 0.2
     entropy_coef: float = 1e-3
@@ -343,7 +344,7 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     args = GRPOConfig(
         output_dir=str(out), max_steps=cfg.max_steps, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        num_generations=cfg.num_generations, temperature=cfg.temperature, beta=cfg.beta, epsilon=cfg.epsilon,
+        num_generations=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p, beta=cfg.beta, epsilon=cfg.epsilon,
         entropy_coef=cfg.entropy_coef, loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_tokens,
         reward_weights=weights, logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
         seed=cfg.seed, report_to=cfg.report_to, use_cpu=not _has_gpu(),
