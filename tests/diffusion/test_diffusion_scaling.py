@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -78,3 +79,25 @@ def test_empirical_crossover_and_bad_input():
     with pytest.raises(ValueError):
         fit_scaling([1, 2], [1, 2], [1, 2], [1.0, 2.0])
     assert math.isfinite(ScalingFit(E=1, A=1, B=1, alpha=0.5, beta=0.5, R_D=5).predict([10], [10], [3])[0])
+
+
+def test_report_from_synthetic_sweep(tmp_path):
+    from carelab.diffusion.scaling import write_report
+
+    ar = ScalingFit(E=1.5, A=50.0, B=200.0, alpha=0.3, beta=0.3, R_D=3.0)
+    mdm = ScalingFit(E=1.5, A=50.0, B=320.0, alpha=0.3, beta=0.3, R_D=300.0)
+    rows = []
+    for obj, law in (("ar", ar), ("mdm", mdm)):
+        for size, n in (("xs", 1e5), ("s", 3e5)):
+            for e in (1, 4, 16, 64):
+                v = float(law.predict([n], [2e4], [e])[0])
+                rows.append({"id": f"{obj}-{size}-U20000-E{e}", "objective": obj, "size": size, "N": n,
+                             "unique_tokens": 20000, "epochs": e, "D": 20000 * e, "C": 6 * n * 20000 * e,
+                             "val_loss": v, "train_loss": v})
+    (tmp_path / "results.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    res = write_report(tmp_path, tmp_path / "rep", bootstrap=0)
+    assert res["fits"]["mdm"].R_D > 10 * res["fits"]["ar"].R_D
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "R_D*" in text and "| AR | xs (100K) | 20,000 |" in text
+    for png in ("val_loss_vs_epochs.png", "loss_vs_compute.png", "training_curves.png"):
+        assert (tmp_path / "rep" / png).stat().st_size > 1000

@@ -432,7 +432,8 @@ def write_report(sweep_dir, out_dir=None, bootstrap: int = 50) -> dict:
         ax.set_xlabel("epoch")
         ax.set_title(f"training curves, U = {U:,}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     axes[0][0].set_ylabel("loss (nats/token)")
     save_figure(fig, out / "training_curves.png")
 
@@ -454,9 +455,20 @@ def write_report(sweep_dir, out_dir=None, bootstrap: int = 50) -> dict:
     fit_rows = []
     for obj, f in fits.items():
         fit_rows.append({"objective": NAMES[obj], "runs": f.n_points, "E": f.E, "A": f.A, "B": f.B, "alpha": f.alpha,
-                         "beta": f.beta, "R_D*": f.R_D,
+                         "beta": f.beta, "R_D*": f"{f.R_D:.3g}" + (" (upper bound of the fit)" if f.R_D >= 0.99e5 else ""),
                          "R_D* 90% CI": f"{f.R_D_ci[0]:.3g} – {f.R_D_ci[1]:.3g}" if f.R_D_ci else None})
-    crit_rows = [{"U": f"{U:,}", "fitted C_crit": c["fitted"], "measured C_crit": c["measured"]} for U, c in crit.items()]
+    # the paper's headline comparison, cell by cell: who is better at equal (size, U, epochs)
+    cells = []
+    for r in rows:
+        if r["objective"] != "ar":
+            continue
+        m = next((x for x in rows if x["objective"] == "mdm" and x["size"] == r["size"]
+                  and x["unique_tokens"] == r["unique_tokens"] and x["epochs"] == r["epochs"]), None)
+        if m is not None and m["val_loss"] < r["val_loss"]:
+            cells.append(f"{r['size']}/U={r['unique_tokens']:,}/E={r['epochs']}")
+    g3 = lambda v: None if v is None else f"{v:.3g}"  # noqa: E731
+    crit_rows = [{"U": f"{U:,}", "fitted C_crit (FLOPs)": g3(c["fitted"]), "measured C_crit (FLOPs)": g3(c["measured"])}
+                 for U, c in crit.items()]
     json.dump({"fits": {k: v.to_dict() for k, v in fits.items()},
                "critical_compute": {str(k): v for k, v in crit.items()}}, (out / "fits.json").open("w"), indent=2)
     cfg_text = (sweep_dir / "config.json").read_text() if (sweep_dir / "config.json").exists() else "{}"
@@ -471,6 +483,8 @@ def write_report(sweep_dir, out_dir=None, bootstrap: int = 50) -> dict:
         "\nR_D* is the repetition half-life (D′ saturates at U·(1+R_D*)); CI from a bootstrap over runs. "
         "α = β is tied when fewer than 4 model sizes were run; with one size the N term is folded into E.\n",
         "## Critical compute (MDM overtakes AR)\n", markdown_table(crit_rows, digits=3),
+        "\nCells where MDM's final validation loss is below AR's at the same size, U and epochs: "
+        + (", ".join(cells) if cells else "none") + ".\n",
         "\n![loss vs compute](loss_vs_compute.png)\n\n![training curves](training_curves.png)\n",
         "## Sweep config\n", "```json\n" + cfg_text + "```\n",
     ]
