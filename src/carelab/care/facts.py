@@ -3,9 +3,9 @@
 Context fidelity can only be measured on facts the model already *knows*: a counterfactual context
 then pulls against its memory. Each :class:`Fact` has a question, its true answer, one sentence
 stating it and an altered answer of the same type (drawn from the same group, so a capital is
-replaced by another capital). Which facts SmolLM2-135M-Instruct answers right without context was
-measured with ``carelab data check-facts`` and is stored in ``carelab/data/facts_smollm2.json``;
-:func:`fact_table` returns only those by default.
+replaced by another capital). Which facts SmolLM2-135M-Instruct answers right without context is
+measured with ``carelab data check-facts --write-known src/carelab/data/facts_smollm2.json``; once that
+file exists :func:`fact_table` returns only those facts (until then, all candidates).
 """
 
 from __future__ import annotations
