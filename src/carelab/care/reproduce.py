@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from carelab.presets import build_config, load_preset
-from carelab.runs import InputError, save_config
+from carelab.runs import InputError, save_config, to_jsonable
 
 console = Console()
 
@@ -116,6 +116,18 @@ def _evaluate(cfg: ReproduceConfig, data: dict[str, str], adapters: dict[str, st
     return {"out": str(out)}
 
 
+def _check_same_settings(cfg: ReproduceConfig, saved: Path) -> None:
+    """Refuse to resume a run folder made with other settings (its finished stages would be reused)."""
+    if not saved.exists():
+        return
+    old = json.loads(saved.read_text())
+    new = json.loads(json.dumps(to_jsonable(cfg)))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        raise InputError(saved, f"this run folder was made with other settings ({', '.join(diff)} differ); "
+                                "pass a new --out or delete the folder to start over")
+
+
 def reproduce(preset: str, out: str | None = None, model: str | None = None, seed: int | None = None,
               ablations: bool | None = None) -> Path:
     """Run (or resume) the whole chain for ``preset``; returns the report folder."""
@@ -130,6 +142,7 @@ def reproduce(preset: str, out: str | None = None, model: str | None = None, see
         data=raw.get("data", {}), sft=raw.get("sft", {}), grpo=raw.get("grpo", {}), eval=raw.get("eval", {}))
     root = Path(cfg.out)
     root.mkdir(parents=True, exist_ok=True)
+    _check_same_settings(cfg, root / "reproduce_config.json")
     save_config(cfg, root, "reproduce_config.json")
     t0 = time.time()
     data = _run_stage(root, "1-synthetic-data", _make_data, cfg, root / "data")
