@@ -69,3 +69,15 @@ def test_smollm2_answers_in_care_format_through_ask(tmp_path):
         assert quote["match"] in {"exact", "fuzzy", "none"}
     if payload["adapter"]:  # the shipped CARE adapter must produce the format
         assert payload["well_formed"] and "Warsaw" in payload["answer"]
+
+
+def test_reproduce_refuses_a_folder_made_with_other_settings(tmp_path):
+    from carelab.care.reproduce import ReproduceConfig, _check_same_settings
+    from carelab.runs import InputError, save_config
+
+    cfg = ReproduceConfig(preset="p", out=str(tmp_path), data={"easy": 4})
+    save_config(cfg, tmp_path, "reproduce_config.json")
+    _check_same_settings(cfg, tmp_path / "reproduce_config.json")  # same settings: fine
+    cfg.data = {"easy": 8}
+    with pytest.raises(InputError, match="data differ"):
+        _check_same_settings(cfg, tmp_path / "reproduce_config.json")
