@@ -240,7 +240,8 @@ def grpo_command(
     preset: str | None = typer.Option(None, "--preset"),
     max_steps: int | None = typer.Option(None, "--max-steps"),
     lr: float | None = typer.Option(None, "--lr"),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Completions per step (multiple of the group size)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Completions per forward/backward."),
+    grad_accum: int | None = typer.Option(None, "--grad-accum", help="batch-size × grad-accum = completions per step."),
     num_generations: int | None = typer.Option(None, "--num-generations", help="Group size (default 5)."),
     temperature: float | None = typer.Option(None, "--temperature", help="Rollout temperature (paper: 1.0)."),
     top_p: float | None = typer.Option(None, "--top-p"),
@@ -274,7 +275,7 @@ def grpo_command(
         if len(weights) != 3:
             raise fail("--reward-weights needs exactly three numbers: accuracy,format,retrieval")
     overrides = dict(easy=easy or None, hard=hard or None, out=out, model=model, init_adapter=init_adapter,
-                     data_format=data_format, adapter=adapter, max_steps=max_steps, lr=lr, batch_size=batch_size,
+                     data_format=data_format, adapter=adapter, max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                      num_generations=num_generations, temperature=temperature, top_p=top_p, beta=beta,
                      max_prompt_tokens=max_prompt_tokens, max_completion_tokens=max_completion_tokens,
                      long_prompts=long_prompts, reward_weights=weights,

@@ -67,7 +67,7 @@ class GRPORunConfig:
     lr: float = 1e-6
     weight_decay: float = 1e-2
     max_steps: int = 100
-    batch_size: int = 5  # completions per device per step (a multiple of num_generations)
+    batch_size: int = 5  # completions per forward/backward; batch_size × grad_accum must hold whole groups
     grad_accum: int = 1
     num_generations: int = 5
     temperature: float = 1.0
@@ -312,8 +312,9 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     from carelab.care.rewards import reward_functions
     from carelab.lora.variants import make_optimizer, prepare_adapter
 
-    if cfg.batch_size % cfg.num_generations:
-        raise ValueError(f"--batch-size ({cfg.batch_size}) must be a multiple of the group size ({cfg.num_generations})")
+    if (cfg.batch_size * cfg.grad_accum) % cfg.num_generations:
+        raise ValueError(f"--batch-size × --grad-accum ({cfg.batch_size} × {cfg.grad_accum}) must be a multiple of the "
+                         f"group size ({cfg.num_generations})")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out, "grpo_config.json")
