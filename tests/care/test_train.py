@@ -110,21 +110,20 @@ def test_long_prompts_drop_or_truncate(data, tmp_path):
 def test_kill_and_resume_continues_at_the_right_step(data, tmp_path):
     out = tmp_path / "resume"
     cmd = [sys.executable, "-m", "carelab.cli", "care", "sft", "--data", data["sft"], "--out", str(out), "--model",
-           TINY, "--max-steps", "12", "--batch-size", "2", "--save-steps", "3", "--report-to", "none",
+           TINY, "--max-steps", "40", "--batch-size", "2", "--save-steps", "3", "--report-to", "none",
            "--max-length", "4096"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and not (out / "checkpoint-6" / "trainer_state.json").exists():
         time.sleep(0.5)
         assert proc.poll() is None, "training ended before it could be killed"
-    time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # at once: on an idle machine the tiny model trains a step in ~0.1 s
     proc.wait()
     done = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
-    assert done and max(done) < 12
+    assert done and max(done) < 40
     resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    state = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())
-    assert state["global_step"] == 12
+    state = json.loads((out / "checkpoint-40" / "trainer_state.json").read_text())
+    assert state["global_step"] == 40
     steps = [h["step"] for h in state["log_history"] if "loss" in h]
     assert steps == sorted(set(steps))  # no step trained twice in the log
