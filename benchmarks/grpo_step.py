@@ -75,9 +75,9 @@ def main() -> None:
         hard = synth.write("msmarco", 10, 0, root / "hard.json", context_words=200)
         clock = StepClock()
         cfg = GRPORunConfig(easy=[str(easy)], hard=[str(hard)], out=str(root / "run"), model=args.model,
-                            max_steps=args.steps, batch_size=args.num_generations,
+                            max_steps=args.steps, batch_size=1, grad_accum=args.num_generations,
                             num_generations=args.num_generations, max_completion_tokens=args.completion_tokens,
-                            max_prompt_tokens=1024, lr=2e-5, report_to=[], save_steps=10_000)
+                            max_prompt_tokens=768, temperature=0.7, top_p=0.9, lr=2e-5, report_to=[], save_steps=10_000)
         run_grpo(cfg, callbacks=[clock], reward_wrapper=wrap)
     # the curriculum's own cost: planning the whole run's draw, as the sampler does at each epoch
     t0 = time.perf_counter()
