@@ -333,10 +333,7 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     dataset = Dataset.from_list(easy_rows + hard_rows)
     funcs = reward_functions(accuracy_normalized=cfg.accuracy_normalized, max_context_share=cfg.max_quote_share,
                              retrieval=cfg.retrieval_reward)
-    if not cfg.retrieval_reward:
-        weights = list(cfg.reward_weights[:2])
-    else:
-        weights = list(cfg.reward_weights)
+    weights = list(cfg.reward_weights[: len(funcs)])  # the ablation drops the last (retrieval) function
     if reward_wrapper is not None:
         funcs = [reward_wrapper(f) for f in funcs]
     setup = prepare_adapter(cfg.adapter, model, r=cfg.lora_r, alpha=cfg.lora_alpha, lr=cfg.lr,

@@ -20,6 +20,15 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _read_source(file: Path) -> str:
+    """The file's text (``-`` = standard input); an unreadable file is a one-line error."""
+    try:
+        return sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    except OSError as exc:
+        _fail(f"{file}: {exc.strerror}")
+        raise  # unreachable: _fail exits
+
+
 def parse_depths(text: str) -> list[int]:
     """``"1..5"`` -> [1, 2, 3, 4, 5]; ``"5"`` -> [5]; ``"1,3,5"`` -> [1, 3, 5]."""
     text = text.strip()
@@ -113,11 +122,7 @@ def detect_command(
     from carelab.models import ModelSpecError, load_tokenizer
     from carelab.watermark.schemes import make_scheme
 
-    try:
-        text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
-    except OSError as exc:
-        _fail(f"{file}: {exc.strerror}")
-        return
+    text = _read_source(file)
     try:
         tok = load_tokenizer(model)
         opts: dict = {"gamma": gamma, "z_threshold": z_threshold}
@@ -159,11 +164,7 @@ def transform_command(
     """Print a semantics-preserving edit of a Python file."""
     from carelab.watermark.transforms import TransformError, apply
 
-    try:
-        code = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        _fail(f"{file}: {exc.strerror}")
-        return
+    code = _read_source(file)
     try:
         times = 1 if name == "mixed" else depth
         typer.echo(apply(code, name, seed, target=target, depth=depth, times=times), nl=False)
@@ -180,11 +181,7 @@ def sandbox_command(
     """Run a program in the sandbox; prints status, detail and the active containment layers as JSON."""
     from carelab.watermark.sandbox import Limits, run_program
 
-    try:
-        code = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        _fail(f"{file}: {exc.strerror}")
-        return
+    code = _read_source(file)
     r = run_program(code, Limits(wall_s=wall_s, cpu_s=max(1, int(wall_s)), memory_mb=memory_mb))
     typer.echo(json.dumps({"status": r.status, "detail": r.detail, "seconds": round(r.duration_s, 3),
                            "contained": r.contained, "stdout_tail": r.stdout[-500:]}))
