@@ -275,8 +275,8 @@ def grpo_command(
         if len(weights) != 3:
             raise fail("--reward-weights needs exactly three numbers: accuracy,format,retrieval")
     overrides = dict(easy=easy or None, hard=hard or None, out=out, model=model, init_adapter=init_adapter,
-                     data_format=data_format, adapter=adapter, max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
-                     num_generations=num_generations, temperature=temperature, top_p=top_p, beta=beta,
+                     data_format=data_format, adapter=adapter, max_steps=max_steps, lr=lr, batch_size=batch_size,
+                     grad_accum=grad_accum, num_generations=num_generations, temperature=temperature, top_p=top_p, beta=beta,
                      max_prompt_tokens=max_prompt_tokens, max_completion_tokens=max_completion_tokens,
                      long_prompts=long_prompts, reward_weights=weights,
                      retrieval_reward=False if no_retrieval_reward else None,

@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
+from carelab.care.train import FINAL_ADAPTER
 from carelab.presets import build_config, load_preset
 from carelab.runs import InputError, save_config, to_jsonable
 
@@ -149,14 +150,14 @@ def reproduce(preset: str, out: str | None = None, model: str | None = None, see
     _run_stage(root, "2-sft-data", _make_sft_data, cfg, data["sft-source"], root / "data" / "sft.jsonl")
     _run_stage(root, "3-sft", _sft, cfg, str(root / "data" / "sft.jsonl"), root / "sft")
     _run_stage(root, "4-grpo", _grpo, cfg, data, root / "sft", root / "grpo")
-    adapters = {"SFT-only": str(root / "sft"), "CARE": str(root / "grpo" / "final-adapter")}
+    adapters = {"SFT-only": str(root / "sft"), "CARE": str(root / "grpo" / FINAL_ADAPTER)}
     if cfg.ablations:
         _run_stage(root, "4b-grpo-no-retrieval-reward", _grpo, cfg, data, root / "sft",
                    root / "grpo-no-retrieval-reward", retrieval_reward=False)
         _run_stage(root, "4c-grpo-no-curriculum", _grpo, cfg, data, root / "sft", root / "grpo-no-curriculum",
                    curriculum=False)
-        adapters["no-retrieval-reward"] = str(root / "grpo-no-retrieval-reward" / "final-adapter")
-        adapters["no-curriculum"] = str(root / "grpo-no-curriculum" / "final-adapter")
+        adapters["no-retrieval-reward"] = str(root / "grpo-no-retrieval-reward" / FINAL_ADAPTER)
+        adapters["no-curriculum"] = str(root / "grpo-no-curriculum" / FINAL_ADAPTER)
     _run_stage(root, "5-eval", _evaluate, cfg, data, adapters, root / "eval")
     (root / "stages" / "total.json").write_text(json.dumps({"seconds_this_invocation": round(time.time() - t0, 1)}))
     return root / "eval"

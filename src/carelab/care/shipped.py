@@ -6,9 +6,14 @@ from importlib import resources
 from pathlib import Path
 
 
+def bundled_folder() -> Path:
+    """Where the bundled CARE adapter lives inside the installed package (whether or not one is there)."""
+    return Path(str(resources.files("carelab") / "data" / "care-smollm2-adapter"))
+
+
 def default_adapter() -> str | None:
     """Folder of the bundled CARE adapter, or None when this build ships none."""
-    folder = Path(str(resources.files("carelab") / "data" / "care-smollm2-adapter"))
+    folder = bundled_folder()
     return str(folder) if (folder / "adapter_config.json").exists() else None
 
 
@@ -55,6 +60,7 @@ def ship_from_run(run_dir: str, dest: str | None = None, label: str = "CARE", ba
     bundled adapter must clear — unless ``force``.
     """
     from carelab.care.report import collect_rows, main_table
+    from carelab.care.train import FINAL_ADAPTER
     from carelab.report import markdown_table
     from carelab.runs import InputError
 
@@ -71,7 +77,7 @@ def ship_from_run(run_dir: str, dest: str | None = None, label: str = "CARE", ba
     if ours <= base and not force:
         raise ValueError(f"{label} averages {ours:.2f} F1 against {baseline}'s {base:.2f} in {run}/eval; "
                          "an adapter that does not beat the plain model is not shipped (pass --force to override)")
-    adapter = run / "grpo" / "final-adapter"
+    adapter = run / "grpo" / FINAL_ADAPTER
     sft, grpo = _json(run / "sft" / "sft_metrics.json"), _json(run / "grpo" / "grpo_metrics.json")
     lora = _json(adapter / "adapter_config.json")
     data = cfg.get("data", {})
@@ -110,5 +116,4 @@ def ship_from_run(run_dir: str, dest: str | None = None, label: str = "CARE", ba
         "demonstration of the method, not a reliable QA model.",
         "",
     ])
-    target = dest or str(Path(str(resources.files("carelab"))) / "data" / "care-smollm2-adapter")
-    return package_adapter(str(adapter), target, card)
+    return package_adapter(str(adapter), dest or str(bundled_folder()), card)

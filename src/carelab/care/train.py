@@ -17,6 +17,9 @@ from typing import Any
 from carelab.care import format as care_format
 from carelab.runs import InputError, read_jsonl, save_config
 
+#: the folder inside a GRPO --out that holds the adapter to use (SFT + GRPO stacked when started from SFT)
+FINAL_ADAPTER = "final-adapter"
+
 log = logging.getLogger(__name__)
 
 
@@ -368,7 +371,7 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     metrics = {"steps": trainer.state.global_step, "n_easy": len(easy_rows), "n_hard": len(hard_rows),
                "first_reward": history[0]["reward"] if history else None,
                "last_reward": history[-1]["reward"] if history else None}
-    final = out / "final-adapter"
+    final = out / FINAL_ADAPTER
     if cfg.init_adapter:
         from carelab.care.adapters import stack_lora_adapters
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
 app = typer.Typer(no_args_is_help=True)
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(2)
 
@@ -26,7 +27,6 @@ def _read_source(file: Path) -> str:
         return sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
     except OSError as exc:
         _fail(f"{file}: {exc.strerror}")
-        raise  # unreachable: _fail exits
 
 
 def parse_depths(text: str) -> list[int]:
