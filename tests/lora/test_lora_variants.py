@@ -121,3 +121,61 @@ def test_resolve_target_modules_excludes_head():
     names = resolve_target_modules(model, "all-linear")
     assert set(names) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert resolve_target_modules(model, "q_proj, v_proj") == ["q_proj", "v_proj"]
+
+
+@pytest.fixture(scope="module")
+def sft_file(tmp_path_factory):
+    """Four short CARE-format SFT records (enough for one step of batch 4)."""
+    import json
+
+    path = tmp_path_factory.mktemp("variants-sft") / "sft.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Context: The capital of France is Paris {i}. Question: capital?"},
+                          {"role": "assistant", "content": "<think> <retrieval> The capital of France is Paris"
+                                                           f" {i}. </retrieval> </think> Answer: Paris"}]}
+            for i in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ADAPTER_CHOICES)
+def test_sft_output_reloads_on_a_fresh_base_with_the_trained_logits(name, sft_file, tmp_path, monkeypatch):
+    """`care sft --adapter NAME`, one step: the saved output on an untouched base gives the in-memory logits.
+
+    PiSSA and LoRA-GA train on a rewritten base; their saved adapter must be the converted plain-LoRA delta.
+    """
+    import json
+
+    import carelab.lora.variants as variants
+    from carelab.care.adapters import STACKABLE_ADAPTERS
+    from carelab.care.train import SFTRunConfig, run_sft
+
+    trained = {}
+    prepare = variants.prepare_adapter
+
+    def capture(*args, **kwargs):
+        trained["setup"] = prepare(*args, **kwargs)
+        return trained["setup"]
+
+    monkeypatch.setattr(variants, "prepare_adapter", capture)
+    out = tmp_path / "sft"
+    cfg = SFTRunConfig(data=[sft_file], out=str(out), model="tiny-random-qwen2", adapter=name, lora_r=4,
+                       lora_alpha=8, max_steps=1, lr=5e-2, batch_size=4, warmup_ratio=0.0, report_to=[],
+                       save_steps=100, max_length=512)
+    assert run_sft(cfg)["steps"] == 1
+    model = trained["setup"].model.eval()
+    tok = load_model("tiny-random-qwen2")[1]
+    ids = _ids(tok, seed=3, n=2, length=12)
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        base = load_model("tiny-random-qwen2")[0](input_ids=ids).logits
+    assert not torch.allclose(expected, base, atol=1e-4), "one step changed nothing: the test would prove nothing"
+    reloaded, _ = load_model(str(out)) if name == "full" else load_model("tiny-random-qwen2", adapter=str(out))
+    with torch.no_grad():
+        got = reloaded(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    if name != "full":
+        saved = json.loads((out / "adapter_config.json").read_text())
+        assert saved["init_lora_weights"] is True  # a plain LoRA delta, not PiSSA/LoRA-GA's residual form
+        assert saved["base_model_name_or_path"] == "tiny-random-qwen2"
+        assert saved["r"] == (8 if name in variants.CONVERTED_ON_SAVE else 4)
+        assert (name in STACKABLE_ADAPTERS) == (name != "dora")

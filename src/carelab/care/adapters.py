@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 
 def _scale(cfg: dict) -> float:
@@ -17,16 +18,62 @@ def _scale(cfg: dict) -> float:
     return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
 
 
+#: ``--adapter`` choices whose saved adapter is a plain LoRA delta on the untouched base (PiSSA and LoRA-GA
+#: are saved converted, see ``carelab.lora.variants``); DoRA and full fine-tuning cannot be stacked.
+STACKABLE_ADAPTERS = ("lora", "rslora", "pissa", "lora-ga", "lora+", "lora-fa", "lora-pro")
+
+
+def _unstackable_reason(cfg: dict) -> str | None:
+    """Why an adapter config cannot be stacked exactly, or None when it can."""
+    if cfg.get("use_dora") or cfg.get("peft_type", "LORA") != "LORA":
+        return f"only plain LoRA adapters can be stacked exactly (found {'DoRA' if cfg.get('use_dora') else cfg.get('peft_type')})"
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        return "per-module rank/alpha patterns are not supported for stacking"
+    init = cfg.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(("pissa", "olora", "lora_ga", "corda", "eva")):
+        return (f"init_lora_weights={init!r}: this adapter is relative to a rewritten base, not a plain LoRA delta "
+                "(re-save it with PEFT's path_initial_model_for_weight_conversion, as carelab now does)")
+    return None
+
+
 def _load(folder: str) -> tuple[dict, dict]:
     from safetensors.torch import load_file
 
     path = Path(folder)
     cfg = json.loads((path / "adapter_config.json").read_text())
-    if cfg.get("use_dora") or cfg.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"{folder}: only plain LoRA adapters can be stacked exactly (found DoRA or {cfg.get('peft_type')})")
-    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        raise ValueError(f"{folder}: per-module rank/alpha patterns are not supported for stacking")
+    reason = _unstackable_reason(cfg)
+    if reason:
+        raise ValueError(f"{folder}: {reason}")
     return cfg, load_file(str(path / "adapter_model.safetensors"))
+
+
+def check_init_adapter(cfg: Any) -> None:
+    """Refuse a GRPO run whose SFT → GRPO adapters could not be stacked, before any training time is spent.
+
+    ``cfg`` is a ``GRPORunConfig`` (``init_adapter``, ``adapter``). Raises ``InputError``/``ValueError`` with
+    the way forward: a full fine-tune is a model (``--model``), DoRA cannot be stacked into one LoRA.
+    """
+    from carelab.runs import InputError
+
+    init = getattr(cfg, "init_adapter", None)
+    if not init:
+        return
+    folder = Path(init)
+    config_file = folder / "adapter_config.json"
+    if not config_file.exists():
+        if (folder / "config.json").exists():
+            raise InputError(folder, "holds a full model (SFT with --adapter full), not an adapter; "
+                                     f"pass it as --model {folder} instead of --init-adapter")
+        raise InputError(config_file, "missing; --init-adapter needs the --out folder of `carelab care sft`")
+    reason = _unstackable_reason(json.loads(config_file.read_text()))
+    if reason:
+        raise InputError(config_file, f"{reason}; GRPO's adapter could not be stacked onto it into one CARE "
+                                      "adapter. Train SFT with a LoRA-type --adapter "
+                                      f"({', '.join(STACKABLE_ADAPTERS)}) or pass a merged model as --model")
+    adapter = str(getattr(cfg, "adapter", "lora")).strip().lower()
+    if adapter not in STACKABLE_ADAPTERS:
+        raise ValueError(f"--adapter {adapter} cannot be stacked onto the --init-adapter SFT adapter into one CARE "
+                         f"adapter; with --init-adapter use one of {', '.join(STACKABLE_ADAPTERS)}")
 
 
 def stack_lora_adapters(first: str, second: str, out: str) -> Path:

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 ADAPTER_CHOICES = ("lora", "rslora", "dora", "pissa", "lora-ga", "lora+", "lora-fa", "lora-pro", "full")
 LORAPLUS_LR_RATIO = 16.0  # ηB/ηA recommended by the LoRA+ paper for decoder LMs
 LORAGA_MAX_BATCHES = 8  # gradient-estimation batches LoRA-GA consumes from train_batches
+#: adapters trained against a rewritten base; their final save is converted to a plain LoRA delta
+CONVERTED_ON_SAVE = ("pissa", "lora-ga")
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter] | nn.Module, float], torch.optim.Optimizer]
 
@@ -157,7 +159,8 @@ def prepare_adapter(
 
     ``train_batches`` (dicts with ``input_ids`` [+ ``attention_mask``, ``labels``]) are required by
     ``lora-ga``, which estimates full-weight gradients on up to 8 of them before initialising A and B.
-    PiSSA and LoRA-GA rewrite the base weights (W0 ← W0 − s·B·A) so the wrapped model starts unchanged.
+    PiSSA and LoRA-GA rewrite the base weights (W0 ← W0 − s·B·A) so the wrapped model starts unchanged;
+    their final ``save_pretrained`` writes the equivalent plain LoRA (rank 2r) for the original base.
     """
     from peft import get_peft_model
 
@@ -204,6 +207,7 @@ def prepare_adapter(
         config = LoraConfig(**kwargs)
     peft_model = get_peft_model(model, config)
 
+    _save_portably(peft_model, convert=key in CONVERTED_ON_SAVE)
     if key == "lora-fa":
         for pname, p in peft_model.named_parameters():
             if "lora_A" in pname:
@@ -212,6 +216,55 @@ def prepare_adapter(
     if key in ("lora+", "lora-fa", "lora-pro"):
         factory = partial(_build_optimizer, key, weight_decay=weight_decay)
     return AdapterSetup(model=peft_model, peft_config=config, optimizer_factory=factory, name=key, notes=notes)
+
+
+def _save_portably(peft_model: nn.Module, convert: bool) -> None:
+    """Make ``peft_model.save_pretrained`` (what every Trainer calls) write an adapter for the untouched base.
+
+    PiSSA/LoRA-GA train against a rewritten base (W0 − s·B0·A0), so their raw adapter is wrong on the
+    original model and cannot be stacked; the final save is converted to a plain LoRA of rank 2r via PEFT's
+    ``path_initial_model_for_weight_conversion``. Trainer checkpoints (``checkpoint-N``) stay raw so
+    ``--resume`` reloads them into the residual model. ``save_embedding_layers=False`` (carelab never adapts
+    embeddings) skips PEFT's Hugging Face Hub lookup of the base model's config at every save.
+    """
+    import shutil
+    import tempfile
+    import weakref
+    from pathlib import Path
+
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    raw_save = peft_model.save_pretrained
+    initial: str | None = None
+    if convert:
+        folder = tempfile.mkdtemp(prefix="carelab-initial-adapter-")
+        weakref.finalize(peft_model, shutil.rmtree, folder, True)
+        initial = str(Path(folder) / "initial_adapter")
+        config = peft_model.peft_config["default"]
+        init_weights, config.init_lora_weights = config.init_lora_weights, True  # PEFT requires True here
+        try:
+            raw_save(initial, save_embedding_layers=False)
+        finally:
+            config.init_lora_weights = init_weights
+
+    def save_pretrained(save_directory: str, *args, **kwargs) -> None:
+        kwargs.setdefault("save_embedding_layers", False)
+        if initial is None or Path(save_directory).name.startswith(PREFIX_CHECKPOINT_DIR):
+            raw_save(save_directory, *args, **kwargs)
+            return
+        kwargs.setdefault("path_initial_model_for_weight_conversion", initial)
+        config = peft_model.peft_config["default"]
+        # The conversion reloads the initial adapter, whose state-dict helper would look the base name up on
+        # the Hub; with no name it skips that, and the saved config takes the name from the model itself.
+        name, config.base_model_name_or_path = config.base_model_name_or_path, None
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*changes the base weights")  # the conversion itself
+                raw_save(save_directory, *args, **kwargs)
+        finally:
+            config.base_model_name_or_path = name
+
+    peft_model.save_pretrained = save_pretrained
 
 
 def make_optimizer(setup: AdapterSetup, model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
