@@ -311,10 +311,12 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     from datasets import Dataset
     from trl import GRPOConfig
 
+    from carelab.care.adapters import check_init_adapter
     from carelab.care.datasets import load_examples
     from carelab.care.rewards import reward_functions
     from carelab.lora.variants import make_optimizer, prepare_adapter
 
+    check_init_adapter(cfg)  # an SFT output GRPO cannot stack onto is refused before any training
     if (cfg.batch_size * cfg.grad_accum) % cfg.num_generations:
         raise ValueError(f"--batch-size × --grad-accum ({cfg.batch_size} × {cfg.grad_accum}) must be a multiple of the "
                          f"group size ({cfg.num_generations})")
