@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,30 +50,136 @@ def save_config(config: Any, out_dir: str | os.PathLike, name: str = "config.jso
     return path
 
 
-def read_jsonl(path: str | os.PathLike, *, skip_invalid: bool = False) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-empty line; bad JSON names the file and line.
+#: Deepest JSON nesting accepted from user files. Real datasets nest a handful of levels; anything deeper is
+#: refused at read time so no later recursive step (copying, saving, ``json.dumps``) can hit Python's limit.
+MAX_JSON_DEPTH = 100
 
-    A truncated last line (a run killed mid-write) is tolerated when ``skip_invalid`` is set.
-    """
+
+def check_file(path: str | os.PathLike) -> Path:
+    """The path of an existing regular file; a missing path is ``FileNotFoundError``, anything else InputError."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file")
-    with p.open(encoding="utf-8") as fh:
+    if p.is_dir():
+        raise InputError(p, "is a directory, expected a file")
+    return p
+
+
+def _decode(data: bytes, path: Path, first_line: int = 1) -> str:
+    """UTF-8 text of ``data``; an undecodable byte names the file, its line and the byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = first_line + data.count(b"\n", 0, exc.start)
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise InputError(path, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at column {col}; "
+                               "re-save the file as UTF-8)", line=line) from None
+
+
+def read_bytes_file(path: str | os.PathLike) -> bytes:
+    """The raw bytes of a user file; a directory or unreadable file is an :class:`InputError`."""
+    p = check_file(path)
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise InputError(p, exc.strerror or str(exc)) from None
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """The UTF-8 text of a user file: the one place where "not a file" and "not UTF-8" become InputError."""
+    p = Path(path)
+    return _decode(read_bytes_file(p), p)
+
+
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+
+
+def _too_deep(text: str, path: Path, line: int | None) -> InputError:
+    """The error for over-deep JSON, naming the line where the nesting first passes the limit."""
+    depth, offset = 0, 0
+    for m in _JSON_TOKEN.finditer(text):
+        tok = m.group()
+        if tok in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                offset = m.start()
+                break
+        elif tok in "]}":
+            depth -= 1
+    at = text.count("\n", 0, offset) + (1 if line is None else line)
+    return InputError(path, f"JSON nested more than {MAX_JSON_DEPTH} levels deep", line=at)
+
+
+def _is_too_deep(obj: Any) -> bool:
+    """Whether JSON is nested deeper than :data:`MAX_JSON_DEPTH` (iterative, so the check cannot recurse)."""
+    stack = [(obj, 1)]
+    while stack:
+        cur, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return True
+        children = cur.values() if isinstance(cur, dict) else cur
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def parse_json(text: str, path: str | os.PathLike, line: int | None = None) -> Any:
+    """Parse JSON read from ``path`` (``line``: where a JSONL record starts); every failure is an InputError."""
+    p = Path(path)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        at = exc.lineno if line is None else line + exc.lineno - 1
+        raise InputError(p, f"invalid JSON ({exc.msg}, column {exc.colno})", line=at) from None
+    except RecursionError:
+        raise _too_deep(text, p, line) from None
+    if isinstance(obj, (dict, list)) and _is_too_deep(obj):
+        raise _too_deep(text, p, line)
+    return obj
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a whole JSON file (UTF-8, bounded nesting); errors name the file and line."""
+    p = Path(path)
+    return parse_json(read_text_file(p), p)
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line number, value or InputError)`` for each non-empty line, so callers choose to skip or raise.
+
+    Lines are decoded one by one: an undecodable byte spoils only its own line, never the good rows.
+    """
+    p = check_file(path)
+    try:
+        fh = p.open("rb")
+    except OSError as exc:
+        raise InputError(p, exc.strerror or str(exc)) from None
+    with fh:
         for lineno, raw in enumerate(fh, start=1):
-            raw = raw.strip()
-            if not raw:
+            if not raw.strip():
                 continue
             try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                if skip_invalid:
-                    continue
-                raise InputError(p, f"invalid JSON ({exc.msg})", line=lineno) from None
-            if not isinstance(obj, dict):
-                if skip_invalid:
-                    continue
-                raise InputError(p, "expected a JSON object", line=lineno)
-            yield lineno, obj
+                yield lineno, parse_json(_decode(raw, p, lineno).strip(), p, lineno)
+            except InputError as exc:
+                yield lineno, exc
+
+
+def read_jsonl(path: str | os.PathLike, *, skip_invalid: bool = False) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-empty line; a bad line names the file and line.
+
+    With ``skip_invalid`` bad lines (invalid JSON or UTF-8, not an object, a truncated last line left by a
+    killed run) are skipped instead.
+    """
+    p = Path(path)
+    for lineno, obj in iter_jsonl(p):
+        if isinstance(obj, InputError):
+            if skip_invalid:
+                continue
+            raise obj
+        if not isinstance(obj, dict):
+            if skip_invalid:
+                continue
+            raise InputError(p, "expected a JSON object", line=lineno)
+        yield lineno, obj
 
 
 class JsonlAppender:

@@ -34,7 +34,7 @@ app.command("sft-data", help="Three-stage SFT data pipeline: reason -> keep corr
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print a one-line error and return the Exit to raise (no traceback for user errors)."""
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, however narrow the terminal
     return typer.Exit(code)
 
 
@@ -59,17 +59,17 @@ def render_reasoning(result) -> Text:
 
 
 def _read_context(context: str) -> str:
+    """The context text (``-`` = standard input) through the shared reader, so errors name file and line."""
+    from carelab.runs import InputError, read_text_file
+
     if context == "-":
         return sys.stdin.read()
-    path = Path(context)
-    if not path.exists():
-        raise fail(f"{context}: no such file (use --context - to read standard input)")
-    if path.is_dir():
-        raise fail(f"{context}: is a directory, expected a text file")
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise fail(f"{context}: not UTF-8 text") from None
+        return read_text_file(context)
+    except FileNotFoundError:
+        raise fail(f"{context}: no such file (use --context - to read standard input)") from None
+    except InputError as exc:
+        raise fail(str(exc)) from None
 
 
 @app.command("ask")
@@ -92,9 +92,12 @@ def ask_command(
     text = _read_context(context)
     prompt = None
     if system_prompt is not None:
-        if not system_prompt.exists():
-            raise fail(f"{system_prompt}: no such file")
-        prompt = system_prompt.read_text(encoding="utf-8").strip()
+        from carelab.runs import InputError, read_text_file
+
+        try:
+            prompt = read_text_file(system_prompt).strip()
+        except (FileNotFoundError, InputError) as exc:
+            raise fail(str(exc)) from None
     adapter_dir = resolve_adapter(adapter, model)
     try:
         mdl, tok = load_model(model, adapter=adapter_dir)

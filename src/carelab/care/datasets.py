@@ -6,7 +6,6 @@ carelab JSONL) all produce :class:`QAExample`, so the rest of CARE never sees a 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from carelab.runs import InputError
+from carelab.runs import InputError, check_file, iter_jsonl, parse_json, read_json
 
 
 @dataclass
@@ -138,14 +137,34 @@ class _Row:
                 raise self.error("missing", fld)
             return default
         val = src[key]
-        if not isinstance(val, typ):
+        types = typ if isinstance(typ, tuple) else (typ,)
+        if not isinstance(val, typ) or (isinstance(val, bool) and bool not in types):
             names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
             raise self.error(f"expected {names}, got {type(val).__name__}", fld)
         return val
 
     def text(self, key: str, **kw: Any) -> str:
-        val = self.get(key, (str, int, float), **kw)
+        """A string field; a number where text is expected is a field error, never silently converted."""
+        val = self.get(key, str, **kw)
+        return "" if val is None else val
+
+    def ident(self, key: str, **kw: Any) -> str:
+        """An id field: a string or an integer (MS MARCO and DROP number their queries)."""
+        val = self.get(key, (str, int), **kw)
         return "" if val is None else str(val)
+
+
+def _facts_list(row: _Row, value: Any, fld: str) -> list[tuple[str, int]]:
+    """Supporting facts as ``[[title, sentence index], ...]``; anything else is a field error."""
+    if not isinstance(value, list):
+        raise row.error("expected a list of [title, sentence index]", fld)
+    out = []
+    for j, fact in enumerate(value):
+        if (not isinstance(fact, (list, tuple)) or len(fact) != 2 or not isinstance(fact[0], str)
+                or not isinstance(fact[1], int) or isinstance(fact[1], bool)):
+            raise row.error("each entry must be [title, sentence index]", f"{fld}[{j}]")
+        out.append((fact[0], fact[1]))
+    return out
 
 
 def _merge_carelab_meta(row: _Row, meta: dict) -> list[tuple[str, int]] | None:
@@ -157,22 +176,22 @@ def _merge_carelab_meta(row: _Row, meta: dict) -> list[tuple[str, int]] | None:
         raise row.error("expected an object", "carelab_meta")
     meta.update({k: v for k, v in extra.items() if k != "supporting_facts"})
     sf = extra.get("supporting_facts")
-    return [(str(t), int(i)) for t, i in sf] if sf else None
+    return _facts_list(row, sf, "carelab_meta.supporting_facts") if sf else None
 
 
 def _answers_list(row: _Row, value: Any, fld: str) -> list[str]:
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(a, (str, int, float)) for a in value):
+    if not isinstance(value, list) or not value or not all(isinstance(a, str) for a in value):
         raise row.error("expected a non-empty answer string or list of strings", fld)
-    out = [str(a).strip() for a in value if str(a).strip()]
+    out = [a.strip() for a in value if a.strip()]
     if not out:
         raise row.error("answer is empty", fld)
     return out
 
 
 def _hotpot_like(row: _Row, source: str) -> QAExample:
-    qid = row.text("_id") if "_id" in row.obj or "id" not in row.obj else row.text("id")
+    qid = row.ident("_id") if "_id" in row.obj or "id" not in row.obj else row.ident("id")
     question = row.text("question")
     answer = row.text("answer")
     ctx = row.get("context", list)
@@ -182,11 +201,7 @@ def _hotpot_like(row: _Row, source: str) -> QAExample:
                 or not isinstance(par[1], list) or not all(isinstance(s, str) for s in par[1])):
             raise row.error("each entry must be [title, [sentences...]]", f"context[{j}]")
         passages.append(Passage(par[0], list(par[1])))
-    sf = []
-    for j, fact in enumerate(row.get("supporting_facts", list, required=False, default=[])):
-        if not isinstance(fact, (list, tuple)) or len(fact) != 2 or not isinstance(fact[1], int):
-            raise row.error("each entry must be [title, sentence index]", f"supporting_facts[{j}]")
-        sf.append((str(fact[0]), int(fact[1])))
+    sf = _facts_list(row, row.get("supporting_facts", list, required=False, default=[]), "supporting_facts")
     titles = {p.title for p in passages}
     for j, (t, _) in enumerate(sf):
         if t not in titles:
@@ -202,7 +217,7 @@ def _hotpot_like(row: _Row, source: str) -> QAExample:
 
 
 def _musique(row: _Row) -> QAExample:
-    qid = row.text("id")
+    qid = row.ident("id")
     question = row.text("question")
     answer = row.text("answer")
     aliases = row.get("answer_aliases", list, required=False, default=[])
@@ -238,7 +253,7 @@ def _drop_answer(row: _Row, ans: Any, fld: str) -> str:
 
 
 def _longbench(row: _Row) -> QAExample:
-    qid = row.text("_id")
+    qid = row.ident("_id")
     question = row.text("input")
     context = row.text("context")
     answers = _answers_list(row, row.get("answers", (list, str)), "answers")
@@ -269,7 +284,7 @@ def _passages_field(row: _Row, key: str = "passages") -> list[Passage]:
 
 
 def _cofca(row: _Row) -> QAExample:
-    qid = row.text("id")
+    qid = row.ident("id")
     question = row.text("question")
     answers = _answers_list(row, row.obj.get("answers", row.obj.get("answer")), "answer")
     if "passages" in row.obj:
@@ -280,7 +295,7 @@ def _cofca(row: _Row) -> QAExample:
     original = row.obj.get("original_answer")
     if cf and original is None:
         raise row.error("counterfactual rows need the original (real-world) answer", "original_answer")
-    sf = [(str(t), int(i)) for t, i in row.get("supporting_facts", list, required=False, default=[])]
+    sf = _facts_list(row, row.get("supporting_facts", list, required=False, default=[]), "supporting_facts")
     meta: dict[str, Any] = {"counterfactual": cf, "original_answer": original,
                             "fact_id": row.obj.get("fact_id"), "category": row.obj.get("category")}
     _merge_carelab_meta(row, meta)
@@ -288,10 +303,11 @@ def _cofca(row: _Row) -> QAExample:
 
 
 def _carelab(row: _Row) -> QAExample:
-    row.text("id")
+    row.ident("id")
     row.text("question")
     _answers_list(row, row.get("answers", list), "answers")
     _passages_field(row)
+    _facts_list(row, row.get("supporting_facts", list, required=False, default=[]), "supporting_facts")
     try:
         return QAExample.from_dict(row.obj)
     except (KeyError, TypeError, ValueError) as exc:
@@ -301,7 +317,7 @@ def _carelab(row: _Row) -> QAExample:
 def _msmarco_hf_row(row: _Row) -> tuple[QAExample | None, bool]:
     """One row of the Hugging Face MS MARCO v2.1 layout; ``(None, True)`` for 'No Answer Present.'."""
     query = row.text("query")
-    qid = row.text("query_id")
+    qid = row.ident("query_id")
     answers = [a for a in (row.get("answers", list)) if isinstance(a, str) and a.strip()
                and a.strip() != "No Answer Present."]
     well = row.obj.get("wellFormedAnswers")
@@ -335,13 +351,6 @@ def _msmarco_hf_row(row: _Row) -> tuple[QAExample | None, bool]:
 _JSONL_FORMATS = {"musique": _musique, "longbench": _longbench, "cofca": _cofca, "carelab": _carelab}
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"invalid JSON ({exc.msg})", line=exc.lineno) from None
-
-
 def _detect_obj(obj: dict) -> str | None:
     keys = set(obj)
     if {"paragraphs", "question_decomposition"} <= keys or ("paragraphs" in keys and "answerable" in keys):
@@ -361,26 +370,35 @@ def _detect_obj(obj: dict) -> str | None:
     return None
 
 
+def _head(path: Path, n: int) -> bytes:
+    """The first ``n`` bytes of a file, leading whitespace removed (to tell JSON arrays from JSONL)."""
+    with check_file(path).open("rb") as fh:
+        return fh.read(n).lstrip()
+
+
+def _first_jsonl_object(path: Path, max_lines: int = 100) -> dict | None:
+    """The first line that parses as a JSON object (bad lines are the loader's business, not detection's)."""
+    for k, (_, obj) in enumerate(iter_jsonl(path)):
+        if isinstance(obj, dict):
+            return obj
+        if k >= max_lines:
+            break
+    return None
+
+
 def detect_format(path: str | os.PathLike) -> str:
     """Guess the native format from the file's content (first record); raises ``InputError`` if unclear."""
     p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file")
-    with p.open(encoding="utf-8") as fh:
-        head = fh.read(1 << 16).lstrip()
+    head = _head(p, 64)
     first: Any = None
-    if head.startswith("["):
-        data = _read_json(p)
+    if head.startswith(b"["):
+        data = read_json(p)
         first = data[0] if isinstance(data, list) and data else None
-    elif head.startswith("{"):
-        line = head.split("\n", 1)[0]
-        try:
-            first = json.loads(line)
-        except json.JSONDecodeError:
-            first = None
-        if first is None or p.suffix == ".json":
+    else:  # JSONL (detected from the first good line) or one JSON object
+        first = _first_jsonl_object(p)
+        if head.startswith(b"{") and (first is None or p.suffix == ".json"):
             try:
-                whole = _read_json(p)
+                whole = read_json(p)
             except InputError:
                 whole = None
             if isinstance(whole, dict):
@@ -399,38 +417,27 @@ def detect_format(path: str | os.PathLike) -> str:
 
 def _iter_rows(path: Path, fmt: str) -> Iterator[_Row]:
     """Yield raw rows of a file with where-information (line for JSONL, item for JSON arrays)."""
-    with path.open(encoding="utf-8") as fh:
-        head = fh.read(64).lstrip()
-    if head.startswith("["):
-        data = _read_json(path)
+    if _head(path, 64).startswith(b"["):
+        data = read_json(path)
         for j, obj in enumerate(data):
             yield _Row(path, f", item {j}", None, obj)
         return
     if fmt in ("drop",) or (fmt == "msmarco" and path.suffix == ".json" and not _looks_jsonl(path)):
-        data = _read_json(path)
+        data = read_json(path)
         if not isinstance(data, dict):
             raise InputError(path, "expected a JSON object at the top level")
         yield _Row(path, "", None, data)
         return
-    with path.open(encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            raw = raw.strip()
-            if not raw:
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                yield _Row(path, "", lineno, InputError(path, f"invalid JSON ({exc.msg})", line=lineno))
-                continue
-            yield _Row(path, "", lineno, obj)
+    for lineno, obj in iter_jsonl(path):  # a bad line (JSON or UTF-8) arrives as an InputError row
+        yield _Row(path, "", lineno, obj)
 
 
 def _looks_jsonl(path: Path) -> bool:
-    with path.open(encoding="utf-8") as fh:
+    with path.open("rb") as fh:
         first = fh.readline().strip()
     try:
-        obj = json.loads(first)
-    except json.JSONDecodeError:
+        obj = parse_json(first.decode("utf-8"), path, 1)
+    except (InputError, UnicodeDecodeError):
         return False
     return isinstance(obj, dict) and "query" in obj and not isinstance(obj.get("query"), dict)
 
@@ -458,6 +465,16 @@ def _convert(fmt: str, row: _Row) -> list[tuple[QAExample | None, bool, _Row]]:
             out.append((None, False, sub))
         return out
     raise InputError(row.path, f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def _guarded(row: _Row, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a row converter so that a shape no check foresaw still names the file and line, never a traceback."""
+    try:
+        return fn(*args)
+    except InputError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise row.error(f"malformed row ({type(exc).__name__}: {exc})") from None
 
 
 def _msmarco_column(data: dict, k: str) -> dict:
@@ -492,7 +509,7 @@ def _drop_passage(sub: _Row, pid: str, on_error: Callable[[InputError], None] | 
                 answers.append(a)
         meta: dict[str, Any] = {"passage_id": pid}
         sf = _merge_carelab_meta(q, meta) or []
-        out.append(QAExample(q.text("query_id", required=False, default=f"{pid}-{j}") or f"{pid}-{j}", question,
+        out.append(QAExample(q.ident("query_id", required=False, default=f"{pid}-{j}") or f"{pid}-{j}", question,
                              answers, [Passage("", sents)], sf, "drop", 1, meta))
     return out
 
@@ -500,9 +517,7 @@ def _drop_passage(sub: _Row, pid: str, on_error: Callable[[InputError], None] | 
 def load_examples_with_report(path: str | os.PathLike, format: str | None = None, *, skip_invalid: bool = False,
                               limit: int | None = None) -> tuple[list[QAExample], LoadReport]:
     """Like :func:`load_examples`, also returning the :class:`LoadReport` (kept/skipped counts)."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file")
+    p = check_file(path)
     fmt = format or detect_format(p)
     if fmt == "2wikimqa":
         fmt = "2wiki"
@@ -527,7 +542,7 @@ def load_examples_with_report(path: str | os.PathLike, format: str | None = None
 
     for row in _iter_rows(p, fmt):
         try:
-            converted = _convert(fmt, row)
+            converted = _guarded(row, _convert, fmt, row)
         except InputError as exc:
             skip(exc)
             continue
@@ -535,9 +550,10 @@ def load_examples_with_report(path: str | os.PathLike, format: str | None = None
             try:
                 if fmt == "drop":
                     exs: list[tuple[QAExample | None, bool]] = [
-                        (e, False) for e in _drop_passage(sub, sub.where.split()[-1], skip if skip_invalid else None)]
+                        (e, False) for e in _guarded(sub, _drop_passage, sub, sub.where.split()[-1],
+                                                     skip if skip_invalid else None)]
                 elif fmt == "msmarco" and ex is None and not unanswerable:
-                    exs = [_msmarco_hf_row(sub)]
+                    exs = [_guarded(sub, _msmarco_hf_row, sub)]
                 else:
                     exs = [(ex, unanswerable)]
             except InputError as exc:

@@ -77,7 +77,7 @@ def eval_command(
     from carelab.care.evaluate import EvalConfig, run_eval
     from carelab.care.report import results_text
     from carelab.models import ModelSpecError
-    from carelab.runs import InputError
+    from carelab.runs import InputError, read_text_file
 
     try:
         specs = [parse_method(m, adapter, rag_k, retriever) for m in (method or ["original"])]
@@ -85,7 +85,7 @@ def eval_command(
         if system_prompt_file is not None:
             if not system_prompt_file.exists():
                 raise InputError(system_prompt_file, "no such file", field="--system-prompt-file")
-            prompt = system_prompt_file.read_text(encoding="utf-8").strip()
+            prompt = read_text_file(system_prompt_file).strip()
         config = EvalConfig(data=list(data), methods=specs, out=out, model=model, data_format=data_format,
                             limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             max_prompt_tokens=max_prompt_tokens, dtype=dtype, device=device, seed=seed,

@@ -22,11 +22,13 @@ def _fail(msg: str) -> NoReturn:
 
 
 def _read_source(file: Path) -> str:
-    """The file's text (``-`` = standard input); an unreadable file is a one-line error."""
+    """The file's text (``-`` = standard input) via the shared reader; a bad file is one line naming it."""
+    from carelab.runs import InputError, read_text_file
+
     try:
-        return sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
-    except OSError as exc:
-        _fail(f"{file}: {exc.strerror}")
+        return sys.stdin.read() if str(file) == "-" else read_text_file(file)
+    except (InputError, FileNotFoundError) as exc:
+        _fail(str(exc))
 
 
 def parse_depths(text: str) -> list[int]:
