@@ -195,3 +195,26 @@ def test_invalid_python_and_missing_target_raise():
         apply("x = 1\n", "add_dead_code")  # no function body anywhere
     with pytest.raises(ValueError, match="unknown transform"):
         apply("def f():\n    return 1\n", "paraphrase")
+
+
+def test_depth_counts_only_programs_that_received_that_many_edits():
+    """A program with nothing left to edit keeps its version; it must not count as surviving d edits."""
+    from carelab.watermark.robustness import RobustnessConfig, compute_metrics, edited_at
+
+    stuck = apply_steps("def f():\n    return 1\n", "rename", seed=0, steps=3, target="f")
+    assert [n for _, n in stuck] == [0, 0, 0]  # nothing to rename: the program never changes
+    cfg = RobustnessConfig(schemes=["kgw"], transforms=["rename"], depths=[1, 2])
+
+    def rec(variant: str, i: int, edits: tuple[int, int], z: tuple[float, float]) -> dict:
+        depths = {str(d): {"edits": n, "z": {"kgw": zz}, "changed": 0.2 * n} for d, n, zz in zip((1, 2), edits, z, strict=True)}
+        return {"id": f"{variant}:{i}|rename", "gen": f"{variant}:{i}", "variant": variant, "transform": "rename",
+                "depths": depths}
+
+    # three watermarked programs take both edits and lose the watermark; one is stuck after one edit, z stays 5
+    recs = [rec("kgw", i, (1, 2), (1.0, 0.0)) for i in range(3)] + [rec("kgw", 3, (1, 1), (5.0, 5.0))]
+    recs += [rec("plain", i, (1, 2), (0.0, 0.0)) for i in range(4)]
+    assert edited_at(recs[3], "2") is None and edited_at(recs[3], "1") is not None
+    rows = {r["depth"]: r for r in compute_metrics(cfg, {r["id"]: r for r in recs}, {}, {})}
+    assert (rows[1]["n_pos"], rows[1]["n_fewer_edits"], rows[1]["tpr"]) == (4, 0, 0.25)
+    assert (rows[2]["n_pos"], rows[2]["n_neg"], rows[2]["n_fewer_edits"]) == (3, 4, 1)
+    assert rows[2]["tpr"] == 0.0 and rows[2]["tokens_changed"] == pytest.approx(0.4)

@@ -271,22 +271,41 @@ def tpr_at_fpr(pos: Sequence[float], neg: Sequence[float], fpr: float = 0.01) ->
     return float(np.mean(pos > thr))
 
 
+def edited_at(rec: dict, depth: str) -> dict | None:
+    """``rec``'s entry at ``depth`` if that many edits were really applied, else None.
+
+    A program with no valid location left keeps its previous version (``apply_steps``); counting it at depth
+    d would credit the watermark with surviving edits that never happened.
+    """
+    entry = rec["depths"].get(depth)
+    if entry is None or int(entry.get("edits", depth)) != int(depth):
+        return None
+    return entry
+
+
 def compute_metrics(cfg: RobustnessConfig, dets: dict[str, dict], checks: dict[str, dict],
                     execs: dict[str, dict]) -> list[dict]:
-    """One row per (scheme, transform, depth) with TPR/FPR, AUC, TPR@1%FPR, tokens changed, pass@1."""
+    """One row per (scheme, transform, depth) with TPR/FPR, AUC, TPR@1%FPR, tokens changed, pass@1.
+
+    Depth d counts only programs that received d edits; ``n_fewer_edits`` counts those that could not.
+    """
     rows = []
     thr = cfg.z_threshold
     check_d = str(cfg.check_depth or cfg.max_depth)
     for s in cfg.schemes:
         for t in ["original", *cfg.transforms]:
             depths = ["0"] if t == "original" else [str(d) for d in sorted(cfg.depths)]
-            recs_pos = [r for r in dets.values() if r["variant"] == s and r["transform"] == t]
-            recs_neg = [r for r in dets.values() if r["variant"] == "plain" and r["transform"] == t]
+            all_pos = [r for r in dets.values() if r["variant"] == s and r["transform"] == t]
+            all_neg = [r for r in dets.values() if r["variant"] == "plain" and r["transform"] == t]
             for d in depths:
-                pos = [r["depths"][d]["z"][s] for r in recs_pos if d in r["depths"]]
-                neg = [r["depths"][d]["z"][s] for r in recs_neg if d in r["depths"] and s in r["depths"][d]["z"]]
-                changed = [r["depths"][d]["changed"] for r in recs_pos if d in r["depths"]]
+                recs_pos = [r for r in all_pos if edited_at(r, d) is not None]
+                recs_neg = [r for r in all_neg if edited_at(r, d) is not None and s in r["depths"][d]["z"]]
+                pos = [r["depths"][d]["z"][s] for r in recs_pos]
+                neg = [r["depths"][d]["z"][s] for r in recs_neg]
+                changed = [r["depths"][d]["changed"] for r in recs_pos]
+                short = sum(1 for r in all_pos + all_neg if d in r["depths"] and edited_at(r, d) is None)
                 row = {"scheme": s, "transform": t, "depth": int(d), "n_pos": len(pos), "n_neg": len(neg),
+                       "n_fewer_edits": short,
                        "tpr": float(np.mean(np.asarray(pos) > thr)) if pos else None,
                        "fpr": float(np.mean(np.asarray(neg) > thr)) if neg else None,
                        "auc": roc_auc(pos, neg), "tpr_at_1fpr": tpr_at_fpr(pos, neg, 0.01),
@@ -439,8 +458,10 @@ def run(cfg: RobustnessConfig, model=None, tokenizer=None) -> dict:
         + "\n",
         f"## Table (d = {cfg.max_depth})\n", table,
         "## Paper (CodeLlama-7B, d = 5)\n", paper_reference_table(),
-        "## Every depth\n", markdown_table(depth_rows, ["scheme", "transform", "depth", "n_pos", "n_neg", "tpr",
-                                                        "fpr", "auc", "tpr_at_1fpr", "tokens_changed"]),
+        "## Every depth\n",
+        "Depth d counts only programs that received d edits; `n_fewer_edits` programs had no valid location left.\n",
+        markdown_table(depth_rows, ["scheme", "transform", "depth", "n_pos", "n_neg", "n_fewer_edits", "tpr",
+                                    "fpr", "auc", "tpr_at_1fpr", "tokens_changed"]),
         "![TPR vs depth](tpr_vs_depth.png)\n",
     ]
     (out / "report.md").write_text("\n".join(report))
@@ -448,5 +469,5 @@ def run(cfg: RobustnessConfig, model=None, tokenizer=None) -> dict:
             "status_counts": status_counts}
 
 
-__all__ = ["BASE_TRANSFORMS", "PAPER_TABLE", "RobustnessConfig", "compute_metrics", "roc_auc", "run",
+__all__ = ["BASE_TRANSFORMS", "PAPER_TABLE", "RobustnessConfig", "compute_metrics", "edited_at", "roc_auc", "run",
            "token_share_changed", "tpr_at_fpr"]
