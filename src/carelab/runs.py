@@ -28,6 +28,37 @@ class InputError(ValueError):
         self.path, self.line, self.field = str(path), line, field
 
 
+class CarelabWarning(UserWarning):
+    """A warning meant for the user: shown as one clean line, still visible to ``warnings`` filters and tests."""
+
+
+def warn(message: str) -> None:
+    """Warn the user with one line on stderr, without the source line Python's warning display adds.
+
+    It still goes through ``warnings`` (category :class:`CarelabWarning`), so ``-W error``, filters,
+    ``catch_warnings(record=True)`` and ``pytest.warns`` keep working; only the text of a CarelabWarning changes.
+    """
+    import warnings
+
+    if not getattr(warnings.formatwarning, "carelab_one_line", False):
+        format_before = warnings.formatwarning
+
+        def one_line(msg, category, filename, lineno, line=None) -> str:  # formatwarning's signature
+            if not issubclass(category, CarelabWarning):
+                return format_before(msg, category, filename, lineno, line)
+            from rich.console import Console
+            from rich.markup import escape
+
+            console = Console(stderr=True, soft_wrap=True)
+            with console.capture() as text:
+                console.print(f"[bold yellow]warning:[/] {escape(str(msg))}", highlight=False)
+            return text.get()
+
+        one_line.carelab_one_line = True
+        warnings.formatwarning = one_line
+    warnings.warn(message, CarelabWarning, stacklevel=2)
+
+
 def to_jsonable(obj: Any) -> Any:
     """Turn dataclasses/paths/tuples into plain JSON values (configs and records are saved this way)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,7 +25,7 @@ from carelab.care import baselines
 from carelab.care import format as care_format
 from carelab.care.datasets import QAExample
 from carelab.care.metrics import best_over_golds, evidence_bleu, evidence_rouge_l, exact_match, qa_f1_score
-from carelab.runs import InputError, JsonlAppender, read_jsonl, save_config, to_jsonable
+from carelab.runs import InputError, JsonlAppender, read_jsonl, save_config, to_jsonable, warn
 
 #: LongBench subset names (``meta["dataset"]``) -> the paper's column names.
 LONGBENCH_NAMES = {"multifieldqa_en": "MFQA", "hotpotqa": "HotpotQA", "2wikimqa": "2WikiMQA",
@@ -390,8 +389,8 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
                 jobs.append(job)
     total = sum(len(j.items) for j in jobs)
     if n_truncated:
-        warnings.warn(f"{n_truncated} of {total} prompts were middle-truncated to fit {max_prompt} tokens "
-                      "(the question is always kept)", stacklevel=2)
+        warn(f"{n_truncated} of {total} prompts were middle-truncated to fit {max_prompt} tokens "
+             "(the question is always kept)")
 
     torch.manual_seed(config.seed)
     settings = GenerationSettings(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
