@@ -137,3 +137,177 @@ def test_check_facts_scores(monkeypatch):
     assert summary["factual_long_context_accuracy"] == 100.0
     assert summary["counterfactual_long_context_says_original"] == 0.0
     assert summary["mean_context_words"] >= 120
+
+
+# --------------------------------------------------------------------------------------------------
+# Styles: default (unchanged output), mixed (train-family variants), heldout (unseen wording)
+# --------------------------------------------------------------------------------------------------
+
+# sha256[:16] of `synth.write(kind, 12, seed, ..., split=split)` computed with the code before styles existed
+# (commit b04b058): the default style must keep producing these exact files.
+_BEFORE_STYLES = {
+    ("hotpotqa", 0, "train"): "be10f794cb1311e3", ("hotpotqa", 3, "test"): "3be1c3bb3d406c5d",
+    ("2wiki", 3, "test"): "8b745a0ce9cf5828", ("musique", 0, "train"): "9b169b5ad5a94916",
+    ("drop", 3, "test"): "8a4300d22d38e8b2", ("msmarco", 0, "train"): "0f69b0566e4bce2b",
+    ("longbench", 3, "test"): "66e19dc4f2d551aa",
+}
+
+
+@pytest.mark.parametrize(("kind", "seed", "split"), sorted(_BEFORE_STYLES))
+def test_default_style_is_byte_identical_to_before(tmp_path, kind, seed, split):
+    import hashlib
+
+    for style in ({}, {"style": "default"}):
+        path = synth.write(kind, 12, seed, tmp_path / f"{kind}{synth.SUFFIX[kind]}", split=split, **style)
+        assert hashlib.sha256(path.read_bytes()).hexdigest()[:16] == _BEFORE_STYLES[(kind, seed, split)]
+
+
+def _rx(template: str) -> re.Pattern:
+    """A template ("Who directed {x}?") as a regex matching every text it can produce."""
+    return re.compile(re.sub(r"\\\{\w+\\\}", "(.+)", re.escape(template)))
+
+
+def _templates(style: synth.Style, *, questions: bool) -> list[str]:
+    if questions:
+        groups = [*style.final.values(), *style.drop_q.values(), style.msmarco_query,
+                  *(q for pair in style.compare.values() for q in pair)]
+    else:
+        groups = [*style.sentence.values(), *style.fillers, *style.drop_sents]
+    return [t for g in groups for t in g]
+
+
+def _train_family(questions: bool) -> list[re.Pattern]:
+    from carelab.care.facts import _FREE, _GROUPS
+
+    out = [_rx(t) for name in ("default", "mixed") for t in _templates(synth._style(name), questions=questions)]
+    out += [_rx(q if questions else s) for _, _, q, s in _GROUPS]
+    if questions:
+        out += [re.compile(re.escape(q)) for _, _, q, _, _ in _FREE]
+    return out
+
+
+def _heldout_texts(kind: str, n: int = 40) -> tuple[list[str], list[str]]:
+    """(questions, context sentences) of ``n`` heldout test items of ``kind``."""
+    data = synth.generate(kind, n, 0, split="test", style="heldout")
+    if kind == "drop":
+        qs = [qa["question"] for v in data.values() for qa in v["qa_pairs"]]
+        return qs, [s for v in data.values() for s in re.split(r"(?<=\.) (?=[A-Z0-9])", v["passage"])]
+    if kind == "msmarco":
+        return list(data["query"].values()), []
+    qs = [r.get("question") or r.get("input") for r in data]
+    if kind == "musique":
+        qs += [d["question"] for r in data for d in r["question_decomposition"]]
+        return qs, []  # paragraph text: checked through hotpotqa, which states the same sentences
+    if kind == "longbench":
+        return qs, []
+    if kind == "cofca":
+        return qs, [s for r in data for p in r["passages"] for s in p["sentences"]]
+    return qs, [s for r in data for _, sents in r["context"] for s in sents]
+
+
+@pytest.mark.parametrize("kind", ["hotpotqa", "2wiki", "musique", "drop", "msmarco", "longbench", "cofca"])
+def test_heldout_wording_is_disjoint_from_the_training_family(kind):
+    questions, sentences = _heldout_texts(kind)
+    assert questions
+    train_q, train_s = _train_family(True), _train_family(False)
+    for q in questions:
+        assert not any(rx.fullmatch(q) for rx in train_q), q
+    # nested noun phrases of the training family ("the director of X") never appear either
+    np_frames = {t.split("{x}")[0] for name in ("default", "mixed") for g in synth._style(name).np.values()
+                 for t in g}
+    assert not [q for q in questions if any(f in q for f in np_frames)]
+    if kind == "cofca":  # free-form facts keep their clause after "It is recorded that": compare sentences only
+        from carelab.care.facts import candidate_facts
+
+        default = {s for f in candidate_facts() for s in (f.sentence, f.altered_sentence)}
+        assert not default & set(sentences)
+        sentences = [s for s in sentences if not s.startswith("It is recorded that ")]
+    for s in sentences:
+        assert not any(rx.fullmatch(s) for rx in train_s), s
+
+
+def test_heldout_longbench_has_no_passage_headers():
+    rows = synth.generate("longbench", 8, 0, split="test", style="heldout")
+    for r in rows:
+        assert not re.search(r"Passage \d+:", r["context"]) and r["context"].startswith("== ")
+        assert r["answers"][0] in r["context"]
+
+
+@pytest.mark.parametrize("kind", ["hotpotqa", "2wiki", "musique"])
+def test_heldout_evidence_states_the_answer(tmp_path, kind):
+    exs = load_examples(synth.write(kind, 40, 0, tmp_path / f"h{synth.SUFFIX[kind]}", split="test",
+                                    style="heldout"))
+    default = load_examples(synth.write(kind, 40, 0, tmp_path / f"d{synth.SUFFIX[kind]}", split="test"))
+    for e, d in zip(exs, default, strict=True):
+        assert e.answers == d.answers and e.question != d.question  # same world, other words
+        assert e.id != d.id and "heldout" in e.id
+        by_title = {p.title: p for p in e.passages}
+        assert {(s["title"], s["sent"]) for s in e.meta["chain"]} == set(e.supporting_facts)
+        sents = [by_title[s["title"]].sentences[s["sent"]] for s in e.meta["chain"]]  # MuSiQue: paragraphs
+        for step, sent in zip(e.meta["chain"], sents, strict=True):
+            assert step["object"] in sent and step["subject"] in sent
+        if e.meta["type"] != "comparison":
+            assert e.answer in sents[-1]
+        else:
+            assert any(e.answer in s for s in sents)
+
+
+def test_heldout_cofca_keeps_the_answer_and_states_it_once():
+    from carelab.care.facts import candidate_facts
+    from carelab.care.metrics import normalize_answer
+
+    facts = {f.id: f for f in candidate_facts()}
+    rows = synth.generate("cofca", 80, 1, split="test", style="heldout")
+    default = synth.generate("cofca", 80, 1, split="test")
+    assert {r["counterfactual"] for r in rows} == {True, False}
+    for r, d in zip(rows, default, strict=True):
+        f = facts[r["fact_id"]]
+        assert (r["answer"], r["original_answer"], r["counterfactual"]) == (d["answer"], d["original_answer"],
+                                                                            d["counterfactual"])
+        assert r["question"] != f.question
+        (title, idx), = r["supporting_facts"]
+        sent = next(p["sentences"][idx] for p in r["passages"] if p["title"] == title)
+        assert f" {normalize_answer(r['answer'])} " in f" {normalize_answer(sent)} "
+        ctx = " ".join(s for p in r["passages"] for s in p["sentences"])
+        assert ctx.count(sent) == 1
+        if r["counterfactual"]:
+            assert f" {normalize_answer(f.answer)} " not in f" {normalize_answer(sent)} "
+
+
+def test_mixed_varies_wording_within_the_training_family():
+    rows = synth.generate("hotpotqa", 150, 0, split="train", style="mixed")
+    default = synth.generate("hotpotqa", 150, 0, split="train")
+    train_q = _train_family(True)
+    heldout_q = [_rx(t) for t in _templates(synth._style("heldout"), questions=True)]
+    used = {next(i for i, rx in enumerate(train_q) if rx.fullmatch(r["question"])) for r in rows}
+    assert len(used) > len({next(i for i, rx in enumerate(train_q) if rx.fullmatch(r["question"]))
+                            for r in default})
+    assert not [r["question"] for r in rows if any(rx.fullmatch(r["question"]) for rx in heldout_q)]
+    assert [r["answer"] for r in rows] == [r["answer"] for r in default]
+    reasons = {s["reason"] for r in rows for s in r["carelab_meta"]["chain"]}
+    assert reasons - {s["reason"] for r in default for s in r["carelab_meta"]["chain"]}
+
+
+@pytest.mark.parametrize(("kind", "split"), [("hotpotqa", "test"), ("cofca", "test"), ("cofca", "train"),
+                                             ("musique", "test"), ("drop", "test")])
+def test_rule_pipeline_solves_heldout_items(tmp_path, kind, split):
+    from carelab.care.sftdata import SftDataConfig, run_pipeline
+
+    src = synth.write(kind, 30, 0, tmp_path / f"in{synth.SUFFIX[kind]}", split=split, style="heldout")
+    stats = run_pipeline(SftDataConfig(input=str(src), format=kind, out=str(tmp_path / "sft.jsonl")),
+                         echo=lambda *_: None)
+    assert stats["stages"]["stage3_tags"]["kept"] >= 0.7 * 30, stats["drop_reasons"]
+
+
+def test_synth_cli_style(tmp_path):
+    from carelab.cli import app
+
+    out = tmp_path / "h.json"
+    res = CliRunner().invoke(app, ["data", "synth", "--kind", "hotpotqa", "--n", "3", "--split", "test",
+                                   "--style", "heldout", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert all("heldout" in e.id for e in load_examples(out))
+    res = CliRunner().invoke(app, ["data", "synth", "--kind", "hotpotqa", "--style", "fancy", "--out", str(out)])
+    assert res.exit_code == 2 and "--style" in res.output
+    with pytest.raises(ValueError, match="style"):
+        synth.generate("drop", 2, style="fancy")

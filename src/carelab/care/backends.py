@@ -137,7 +137,10 @@ _STOP = frozenset("the a an of in on at to is was were be by for and or as with 
 
 
 def _content_words(text: str) -> set[str]:
-    return {w.lower() for w in _WORD.findall(text) if w.lower() not in _STOP}
+    """Lowercased non-stopwords; a possessive counts as its noun ("Kalo's" is "kalo"), so a fact about Kalo
+    aligns with the reasoning sentence that says "Kalo's year of birth" rather than tying with another."""
+    words = (w.lower().removesuffix("'s") for w in _WORD.findall(text))
+    return {w for w in words if w not in _STOP}
 
 
 class RuleBackend(Backend):

@@ -31,6 +31,9 @@ def synth_command(
     context_words: int | None = typer.Option(None, "--context-words", help="Minimum words of context per item."),
     distractors: int | None = typer.Option(None, "--distractors", help="Distractor passages per item."),
     hops: str | None = typer.Option(None, "--hops", help="Hops for multi-hop kinds: N or MIN-MAX (e.g. 2-4)."),
+    style: str = typer.Option("default", "--style", help="Wording: default | mixed (varied train-family "
+                              "phrasings, for SFT) | heldout (unseen context style and question templates, for "
+                              "generalisation tests; use with --split test)."),
 ) -> None:
     from carelab.care import synth
 
@@ -38,6 +41,8 @@ def synth_command(
         raise _fail(f"--kind must be one of {', '.join(synth.KINDS)}, got {kind!r}")
     if split not in synth.SPLITS:
         raise _fail(f"--split must be train or test, got {split!r}")
+    if style not in synth.STYLES:
+        raise _fail(f"--style must be one of {', '.join(synth.STYLES)}, got {style!r}")
     opts: dict = {"context_words": context_words, "distractors": distractors}
     if hops:
         try:
@@ -45,8 +50,8 @@ def synth_command(
             opts["hops"] = (int(lo), int(hi or lo))
         except ValueError:
             raise _fail(f"--hops must be N or MIN-MAX, got {hops!r}") from None
-    path = synth.write(kind, n, seed, out, split=split, **opts)
-    typer.echo(f"wrote {n} {kind} {split} items (seed {seed}) to {path}")
+    path = synth.write(kind, n, seed, out, split=split, style=style, **opts)
+    typer.echo(f"wrote {n} {kind} {split} items (seed {seed}, style {style}) to {path}")
 
 
 @data_app.command("convert", help="Load a native dataset file (validating every row) and write carelab JSONL.")
