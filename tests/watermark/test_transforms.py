@@ -27,6 +27,7 @@ def _bundle(variants: list[tuple[str, str]], test: str, entry: str) -> str:
     )
 
 
+@pytest.mark.timeout(900)  # 164 solutions × 5 edits in the sandbox: ~100 s here, more under load
 def test_every_transform_on_every_canonical_solution_changes_and_passes():
     problems = load_problems()
     assert len(problems) == 164
