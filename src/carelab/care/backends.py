@@ -253,6 +253,20 @@ class HFBackend(ChatBackend):
         return list(generate_chat(model, tok, list(conversations), settings))
 
 
+def api_error_message(exc: Exception) -> str:
+    """The server's own reason from an OpenAI-shaped error body (``{"error": {"message", "code"}}``), else str(exc).
+
+    Why: SDK versions differ in what ``exc.message`` holds; the body says what the server said.
+    """
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):  # SDKs that keep the whole body
+        body = body["error"]
+    if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:
+        code = body.get("code")
+        return f"{body['message']}" + (f" [{code}]" if code else "")
+    return str(getattr(exc, "message", None) or exc)
+
+
 class OpenAIBackend(ChatBackend):
     """Any OpenAI-compatible chat API via the ``openai`` SDK, with our own retry/backoff loop."""
 
@@ -283,13 +297,13 @@ class OpenAIBackend(ChatBackend):
                 return resp.choices[0].message.content or ""
             except transient as exc:
                 if attempt == self.options.retries:
-                    log.warning("%s: giving up after %d attempts: %s", self.name, attempt + 1, exc)
+                    log.warning("%s: giving up after %d attempts: %s", self.name, attempt + 1, api_error_message(exc))
                     return None
                 delay = self.options.backoff * (2 ** attempt) * (1 + 0.25 * random.random())
                 log.info("%s: %s; retrying in %.1fs", self.name, type(exc).__name__, delay)
                 time.sleep(delay)
             except o.APIStatusError as exc:  # 4xx other than 429: our request is wrong; retrying won't help
-                raise BackendError(f"{self.name}: HTTP {exc.status_code}: {exc.message}") from None
+                raise BackendError(f"{self.name}: HTTP {exc.status_code}: {api_error_message(exc)}") from None
         return None
 
     def chat(self, conversations: Sequence[list[dict]], max_new_tokens: int) -> list[str | None]:

@@ -165,6 +165,8 @@ def serve_command(
     port: int = typer.Option(8000, "--port"),
     name: str | None = typer.Option(None, "--name", help="Model name reported by /v1/models (default: the spec)."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Default and cap for max_tokens."),
+    max_queue: int = typer.Option(8, "--max-queue", min=0, help="Requests that may wait while one generates; "
+                                  "more get HTTP 429."),
 ) -> None:
     """OpenAI-compatible chat server (/v1/models, /v1/chat/completions) for any model spec (+adapter)."""
     from carelab.care.serve import serve
@@ -173,6 +175,7 @@ def serve_command(
     try:
         from carelab.care.shipped import resolve_adapter
 
-        serve(model, adapter=resolve_adapter(adapter, model), host=host, port=port, model_name=name, max_new_tokens=max_new_tokens)
+        serve(model, adapter=resolve_adapter(adapter, model), host=host, port=port, model_name=name,
+              max_new_tokens=max_new_tokens, max_queue=max_queue)
     except ModelSpecError as exc:
         raise _fail(str(exc)) from None
