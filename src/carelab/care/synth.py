@@ -10,6 +10,8 @@ Train and test worlds never share a name: each split builds names from its own c
 entity, title or question can appear in both. Everything is a pure function of (kind, n, seed, split).
 The counterfactual (CofCA-shaped) kind uses the real common-knowledge :mod:`carelab.care.facts` table,
 split by a hash of the fact id, with long distractor contexts (the altered fact stated once).
+Each world can be worded in one of :data:`STYLES` (:class:`Style`): the original ``default``, the varied
+``mixed`` training family, or the ``heldout`` family that training never sees (generalisation tests).
 """
 
 from __future__ import annotations
@@ -820,8 +822,8 @@ def generate(kind: str, n: int, seed: int = 0, *, split: str = "train", style: s
     ``style`` (one of :data:`STYLES`) words the same worlds differently: ``default`` (the original text),
     ``mixed`` (each sentence/question drawn from a few train-family variants, for varied SFT data) or
     ``heldout`` (encyclopedia-style sentences and a disjoint question family, for generalisation tests;
-    use it with ``split="test"``). A seed gives the same entities, answers and evidence positions in
-    every style; non-default ids carry the style.
+    use it with ``split="test"``). A seed gives the same questions' answers in every style (and the same
+    passages, unless ``context_words`` adds distractors up to a length); non-default ids carry the style.
 
     Options: ``context_words`` (minimum words of context; distractor passages are added until reached),
     ``distractors`` (distractor passages per item), ``hops`` ((min, max) for multi-hop kinds),
