@@ -436,4 +436,3 @@ def serve(spec: str, adapter: str | None = None, host: str = "127.0.0.1", port: 
     model, tok = load_model(spec, adapter=adapter)
     app = create_app(model, tok, model_name or spec, max_new_tokens=max_new_tokens, max_queue=max_queue)
     uvicorn.run(app, host=host, port=port, log_level="warning")
-
