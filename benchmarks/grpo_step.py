@@ -1,102 +1,96 @@
-"""Time of a CARE GRPO step on CPU with SmolLM2, split into generation, reward and update.
+"""GRPO optimizer updates per hour on CPU with SmolLM2: today's settings against the faster ones, in one run.
 
-Runs a few real GRPO steps through ``carelab.care.train.run_grpo`` (curriculum sampler included) and
-reports how much of a step the rewards and the curriculum cost. Goal: reward + curriculum ≤ 2 %.
+Each variant runs real GRPO steps through ``carelab.care.train.run_grpo`` (curriculum sampler and the three
+rewards included) in its own process, at the same group size, prompt and completion lengths. Prints, per
+variant: seconds per optimizer update (first update dropped as warm-up), generation and reward share,
+updates/hour as a ratio to ``today``, and peak RSS. Goal: ≥ 3× today's updates/hour.
 
-    python benchmarks/grpo_step.py [--steps 3] [--completion-tokens 128] [--model smollm2-135m-instruct]
+    python benchmarks/grpo_step.py [--steps 5] [--completion-tokens 160] [--variants today,batched,…]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from transformers import TrainerCallback
+sys.path.insert(0, str(Path(__file__).parent))
+from variants import dispatch, timed  # noqa: E402
 
-from carelab.care import synth
-from carelab.care.curriculum import CurriculumSampler
-from carelab.care.train import GRPORunConfig, run_grpo
-
-
-class StepClock(TrainerCallback):
-    """Wall time per optimizer step and of every ``generate`` call inside it."""
-
-    def __init__(self):
-        self.step_times: list[float] = []
-        self.generation = 0.0
-        self._t = 0.0
-
-    def on_train_begin(self, args, state, control, model=None, **kw):
-        original = model.generate
-
-        @functools.wraps(original)
-        def timed_generate(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return original(*a, **k)
-            finally:
-                self.generation += time.perf_counter() - t0
-
-        model.generate = timed_generate
-
-    def on_step_begin(self, args, state, control, **kw):
-        self._t = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kw):
-        self.step_times.append(time.perf_counter() - self._t)
+#: name -> GRPORunConfig overrides; ``today`` is the cpu-full preset before this benchmark existed
+VARIANTS: dict[str, dict] = {
+    "today": dict(batch_size=1, grad_accum=5, beta=0.01),
+    "group-batch": dict(batch_size=5, grad_accum=1, beta=0.01),
+    "group-batch+beta0": dict(batch_size=5, grad_accum=1, beta=0.0),
+    "group-batch+beta0+mu2": dict(batch_size=5, grad_accum=1, beta=0.0, num_iterations=2),
+    "group-batch+beta0+mu2+gc": dict(batch_size=5, grad_accum=1, beta=0.0, num_iterations=2,
+                                     gradient_checkpointing=True),
+}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--completion-tokens", type=int, default=128)
-    ap.add_argument("--num-generations", type=int, default=5)
-    args = ap.parse_args()
-    reward_time = {"t": 0.0}
+def measure(variant: str, steps: int, completion_tokens: int, model: str) -> dict:
+    """Run ``steps`` GRPO updates with ``variant``'s settings; time generation, rewards and whole updates."""
+    from transformers import TrainerCallback
 
-    def wrap(fn):
-        @functools.wraps(fn)
-        def timed(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                reward_time["t"] += time.perf_counter() - t0
+    from carelab.care import synth
+    from carelab.care.train import GRPORunConfig, run_grpo
 
-        return timed
+    times = {"generation": 0.0, "reward": 0.0}
+    step_times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            model.generate = timed(model.generate, times, "generation")
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+            if state.global_step == 1:  # the first update is warm-up: forget its parts
+                times.update(generation=0.0, reward=0.0)
+
+        def on_step_end(self, args, state, control, **kw):
+            step_times.append(time.perf_counter() - self.t0)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         easy = synth.write("drop", 20, 0, root / "easy.json", context_words=80)
         hard = synth.write("msmarco", 10, 0, root / "hard.json", context_words=200)
-        clock = StepClock()
-        cfg = GRPORunConfig(easy=[str(easy)], hard=[str(hard)], out=str(root / "run"), model=args.model,
-                            max_steps=args.steps, batch_size=1, grad_accum=args.num_generations,
-                            num_generations=args.num_generations, max_completion_tokens=args.completion_tokens,
-                            max_prompt_tokens=768, temperature=0.7, top_p=0.9, lr=2e-5, report_to=[], save_steps=10_000)
-        run_grpo(cfg, callbacks=[clock], reward_wrapper=wrap)
-    # the curriculum's own cost: planning the whole run's draw, as the sampler does at each epoch
-    t0 = time.perf_counter()
-    CurriculumSampler(20, 10, num_generations=args.num_generations, prompts_per_chunk=1, repeat_count=1,
-                      num_chunks=args.steps + 1).plan()
-    curriculum = time.perf_counter() - t0
-    steps = clock.step_times[1:] or clock.step_times  # the first step includes warm-up
-    n = len(steps)
-    total = sum(steps)
-    scale = n / len(clock.step_times)
-    gen, rew = clock.generation * scale, reward_time["t"] * scale
-    update = total - gen - rew
-    print(f"{'part':<22}{'s/step':>10}{'share':>9}")
-    for name, t in (("generation", gen), ("reward (3 functions)", rew), ("update + logprobs", update),
-                    ("curriculum sampler", curriculum / len(clock.step_times))):
-        print(f"{name:<22}{t / n:>10.3f}{100 * t / total:>8.2f}%")
-    print(f"{'step total':<22}{total / n:>10.3f}")
-    overhead = (rew + curriculum * scale) / total
-    print(f"reward + curriculum overhead: {100 * overhead:.3f} % of a step (goal ≤ 2 %)")
+        cfg = GRPORunConfig(easy=[str(easy)], hard=[str(hard)], out=str(root / "run"), model=model,
+                            max_steps=steps, num_generations=5, max_completion_tokens=completion_tokens,
+                            max_prompt_tokens=768, temperature=0.7, top_p=0.9, lr=2e-5, report_to=[],
+                            save_steps=10_000, **VARIANTS[variant])
+        run_grpo(cfg, callbacks=[Clock()], reward_wrapper=lambda fn: timed(fn, times, "reward"))
+    measured = step_times[1:]
+    total = sum(measured)
+    return {"variant": variant, "updates": len(measured), "s_per_update": total / len(measured),
+            "generation_share": times["generation"] / total, "reward_share": times["reward"] / total}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--steps", type=int, default=5, help="optimizer updates per variant (the first is warm-up)")
+    ap.add_argument("--completion-tokens", type=int, default=160)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variant", help=argparse.SUPPRESS)  # set by the parent for one child process
+    args = ap.parse_args()
+    names = args.variants.split(",")
+    results = dispatch(__file__, args.variant, names, functools.partial(
+        measure, steps=args.steps, completion_tokens=args.completion_tokens, model=args.model),
+        ["--steps", str(args.steps), "--completion-tokens", str(args.completion_tokens), "--model", args.model])
+    if results is None:
+        return
+    base = results[names[0]]["s_per_update"]
+    print(f"GRPO on {args.model}: group 5, prompts ≤ 768, completions ≤ {args.completion_tokens} tokens, "
+          f"{args.steps - 1} measured updates per variant\n")
+    print("| variant | s / update | updates / hour | × today | generation | rewards | peak RSS GB |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        r = results[name]
+        print(f"| {name} | {r['s_per_update']:.1f} | {3600 / r['s_per_update']:.0f} | {base / r['s_per_update']:.2f} "
+              f"| {100 * r['generation_share']:.0f} % | {100 * r['reward_share']:.1f} % | {r['peak_rss_gb']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from carelab.care import format as care_format
+from carelab.care.heldout import heldout_callback, split_heldout
 from carelab.runs import InputError, read_jsonl, save_config
 
 #: the folder inside a GRPO --out that holds the adapter to use (SFT + GRPO stacked when started from SFT)
@@ -52,6 +53,10 @@ class SFTRunConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     dtype: str = "float32"
     gradient_checkpointing: bool = False  # saves memory on big models; costs ~30 % time on small ones
+    #: pack several short traces into one row (TRL's BFD packing, padding-free): fewer padded tokens per step
+    packing: bool = False
+    #: any other field of TRL's ``SFTConfig`` (e.g. ``{"lr_scheduler_type": "linear"}``); checked before training
+    trl: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -75,7 +80,8 @@ class GRPORunConfig:
     num_generations: int = 5
     temperature: float = 1.0
     top_p: float = 1.0
-    beta: float = 0.01
+    beta: float = 0.01  # 0 = no reference model is loaded or run (TRL's default); the paper keeps 0.01
+    num_iterations: int = 1  # optimizer updates per generated batch (GRPO's μ; > 1 reuses rollouts, clipped)
     epsilon: float = 0.2
     entropy_coef: float = 1e-3
     loss_type: str = "dapo"
@@ -99,6 +105,29 @@ class GRPORunConfig:
     dtype: str = "float32"
     gradient_checkpointing: bool = False
     limit: int | None = None
+    #: any other field of TRL's ``GRPOConfig`` (e.g. ``{"scale_rewards": "batch"}``); checked before training
+    trl: dict[str, Any] = field(default_factory=dict)
+    #: score the reward on this many held-out prompts every ``heldout_steps`` steps (0 = off)
+    heldout_prompts: int = 0
+    heldout_steps: int = 10
+
+
+def trl_options(config_cls, extra: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """``base`` arguments for TRL's ``config_cls`` updated with the user's ``extra`` fields, checked by name.
+
+    Why: every TRL option stays reachable (``trl:`` in a preset, ``--trl key=value``) without re-listing it
+    here, and a typo fails before the model is loaded, not after an hour of training.
+    """
+    import dataclasses
+    import difflib
+
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    for key in extra:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise InputError("trl", f"{config_cls.__name__} has no field {key!r}{hint}", field=key)
+    return {**base, **extra}
 
 
 # --------------------------------------------------------------------------- data
@@ -209,6 +238,7 @@ def run_sft(cfg: SFTRunConfig) -> dict:
 
     from carelab.lora.variants import make_optimizer, prepare_adapter
 
+    trl_options(SFTConfig, cfg.trl, {})  # a misspelt TRL option fails before anything is loaded
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out, "sft_config.json")
@@ -222,7 +252,7 @@ def run_sft(cfg: SFTRunConfig) -> dict:
                             lr=cfg.lr, weight_decay=cfg.weight_decay,
                             train_batches=_sft_batches(dataset, tok, cfg) if cfg.adapter == "lora-ga" else None)
     model = setup.model
-    args = SFTConfig(
+    args = SFTConfig(**trl_options(SFTConfig, cfg.trl, dict(
         output_dir=str(out), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_ratio, lr_scheduler_type="cosine",
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
@@ -232,8 +262,8 @@ def run_sft(cfg: SFTRunConfig) -> dict:
         eval_steps=cfg.save_steps if eval_ds is not None else None, load_best_model_at_end=bool(
             eval_ds is not None and cfg.early_stopping_patience), metric_for_best_model="eval_loss",
         use_cpu=not _has_gpu(), dataloader_num_workers=0, disable_tqdm=False, bf16=_bf16(cfg.dtype),
-        gradient_checkpointing=cfg.gradient_checkpointing,
-    )
+        gradient_checkpointing=cfg.gradient_checkpointing, packing=cfg.packing,
+    )))
     callbacks = [_summary_callback()]
     if eval_ds is not None and cfg.early_stopping_patience:
         from transformers import EarlyStoppingCallback
@@ -320,6 +350,7 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     if (cfg.batch_size * cfg.grad_accum) % cfg.num_generations:
         raise ValueError(f"--batch-size × --grad-accum ({cfg.batch_size} × {cfg.grad_accum}) must be a multiple of the "
                          f"group size ({cfg.num_generations})")
+    trl_options(GRPOConfig, cfg.trl, {})  # a misspelt TRL option fails before anything is loaded
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out, "grpo_config.json")
@@ -335,33 +366,47 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
                     "middle-truncated in their context" if cfg.long_prompts == "truncate" else "dropped")
     if not easy_rows:
         raise InputError(cfg.easy[0], "no usable easy rows (all empty or too long)")
+    # held-out prompts come out of both sets before training sees them, in proportion to their sizes
+    n_held_hard = round(cfg.heldout_prompts * len(hard_rows) / max(1, len(easy_rows) + len(hard_rows)))
+    easy_rows, held_easy = split_heldout(easy_rows, cfg.heldout_prompts - n_held_hard, cfg.seed)
+    hard_rows, held_hard = split_heldout(hard_rows, n_held_hard, cfg.seed)
     dataset = Dataset.from_list(easy_rows + hard_rows)
     funcs = reward_functions(accuracy_normalized=cfg.accuracy_normalized, max_context_share=cfg.max_quote_share,
                              retrieval=cfg.retrieval_reward)
     weights = list(cfg.reward_weights[: len(funcs)])  # the ablation drops the last (retrieval) function
+    # the held-out curve always uses all three rewards with the run's weights, so ablations stay comparable
+    heldout_funcs = reward_functions(accuracy_normalized=cfg.accuracy_normalized,
+                                     max_context_share=cfg.max_quote_share, retrieval=True)
+    extra_callbacks = list(callbacks or [])
+    if held_easy or held_hard:
+        extra_callbacks.append(heldout_callback(held_easy + held_hard, heldout_funcs, list(cfg.reward_weights), tok,
+                                                out, cfg.heldout_steps, cfg.max_completion_tokens))
     if reward_wrapper is not None:
         funcs = [reward_wrapper(f) for f in funcs]
     setup = prepare_adapter(cfg.adapter, model, r=cfg.lora_r, alpha=cfg.lora_alpha, lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     model = setup.model
-    args = GRPOConfig(
+    args = GRPOConfig(**trl_options(GRPOConfig, cfg.trl, dict(
         output_dir=str(out), max_steps=cfg.max_steps, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        num_generations=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p, beta=cfg.beta, epsilon=cfg.epsilon,
+        num_generations=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p, beta=cfg.beta,
+        num_iterations=cfg.num_iterations, epsilon=cfg.epsilon,
         entropy_coef=cfg.entropy_coef, loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_tokens,
         reward_weights=weights, logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
         seed=cfg.seed, report_to=cfg.report_to, use_cpu=not _has_gpu(),
         use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, dataloader_num_workers=0, bf16=_bf16(cfg.dtype),
         gradient_checkpointing=cfg.gradient_checkpointing,
         remove_unused_columns=False, log_completions=False, disable_tqdm=False,
-    )
+        # dropout would make the old and new log-probs of the same tokens differ (noise in the PPO ratio)
+        disable_dropout=True,
+    )))
     trainer_cls = _curriculum_trainer_class()
     trainer_cls.curriculum = {"n_easy": len(easy_rows), "n_hard": len(hard_rows), "p_max": cfg.p_max,
                               "ramp_steps": cfg.ramp_steps, "enabled": cfg.curriculum and bool(hard_rows),
                               "log_path": str(out / "curriculum.jsonl")}
     optimizer = make_optimizer(setup, model, cfg.lr, cfg.weight_decay)
     trainer = trainer_cls(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tok,
-                          callbacks=[_summary_callback(), *(callbacks or [])], optimizers=(optimizer, None))
+                          callbacks=[_summary_callback(), *extra_callbacks], optimizers=(optimizer, None))
     resume = _last_checkpoint(out) if cfg.resume else None
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out / "grpo-adapter"))

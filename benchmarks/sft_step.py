@@ -1,0 +1,86 @@
+"""SFT tokens per second on CPU with SmolLM2: today's settings against packing / checkpointing, in one run.
+
+Each variant runs real SFT steps through ``carelab.care.train.run_sft`` on the same rule-pipeline traces
+(HotpotQA-shaped, cpu-full's 7-paragraph contexts) in its own process, so peak RSS is per variant.
+Throughput counts real (non-padding) tokens — what the model learns from — per second of optimizer
+steps, first step dropped as warm-up. Goal: ≥ 2× today's tokens/s, peak RSS ≤ 4 GB.
+
+    python benchmarks/sft_step.py [--steps 6] [--variants today,packing,…]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from variants import dispatch  # noqa: E402
+
+#: name -> SFTRunConfig overrides; ``today`` is the preset before this benchmark existed (batch 4, padded)
+VARIANTS: dict[str, dict] = {
+    "today": dict(batch_size=4),
+    "grad-ckpt": dict(batch_size=4, gradient_checkpointing=True),
+    "length-grouped": dict(batch_size=4, trl={"train_sampling_strategy": "group_by_length"}),
+    "packing": dict(batch_size=2, packing=True),
+    "packing+grad-ckpt": dict(batch_size=2, packing=True, gradient_checkpointing=True),
+}
+
+
+def measure(variant: str, steps: int, model: str) -> dict:
+    """Run ``steps`` SFT updates with ``variant``'s settings; real tokens per second after the first."""
+    from transformers import TrainerCallback
+
+    from carelab.care import synth
+    from carelab.care.sftdata import SftDataConfig, run_pipeline
+    from carelab.care.train import SFTRunConfig, run_sft
+
+    marks: list[tuple[float, int]] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            marks.append((time.perf_counter(), state.num_input_tokens_seen))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        src = synth.write("hotpotqa", 60, 0, root / "src.json", context_words=180, distractors=5)
+        run_pipeline(SftDataConfig(input=str(src), format="hotpotqa", reasoner="rule", injector="rule",
+                                   out=str(root / "sft.jsonl")))
+        overrides = dict(VARIANTS[variant])
+        trl = {"include_num_input_tokens_seen": "non_padding", **overrides.pop("trl", {})}
+        cfg = SFTRunConfig(data=[str(root / "sft.jsonl")], out=str(root / "run"), model=model, max_steps=steps,
+                           max_length=1024, lr=3e-4, report_to=[], save_steps=10_000, logging_steps=1, trl=trl,
+                           **overrides)
+        metrics = run_sft(cfg)
+    (t0, n0), (t1, n1) = marks[0], marks[-1]
+    return {"variant": variant, "updates": len(marks) - 1, "tokens_per_s": (n1 - n0) / (t1 - t0),
+            "s_per_update": (t1 - t0) / (len(marks) - 1), "last_loss": metrics["last_loss"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--steps", type=int, default=6, help="optimizer updates per variant (the first is warm-up)")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variant", help=argparse.SUPPRESS)  # set by the parent for one child process
+    args = ap.parse_args()
+    names = args.variants.split(",")
+    results = dispatch(__file__, args.variant, names, functools.partial(measure, steps=args.steps, model=args.model),
+                       ["--steps", str(args.steps), "--model", args.model])
+    if results is None:
+        return
+    base = results[names[0]]["tokens_per_s"]
+    print(f"SFT on {args.model}: rule-pipeline traces, max length 1024, {args.steps - 1} measured updates each\n")
+    print("| variant | real tokens / s | × today | s / update | peak RSS GB |")
+    print("|---|---|---|---|---|")
+    for name in names:
+        r = results[name]
+        print(f"| {name} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base:.2f} | {r['s_per_update']:.1f} "
+              f"| {r['peak_rss_gb']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

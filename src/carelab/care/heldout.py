@@ -1,0 +1,101 @@
+"""Reward on a fixed held-out prompt set during GRPO: the curve that shows whether RL is learning.
+
+TRL logs the reward of the rollouts it trains on; those prompts change every step and are sampled, so
+the curve is noise at CPU budgets. This callback scores greedy completions of the *same* held-out
+prompts (never trained on) every N steps with the training reward functions, and appends one JSON line
+per evaluation (with per-item totals, so a report can put a bootstrap CI on each point).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+#: the file written beside a GRPO run
+HELDOUT_FILE = "heldout_reward.jsonl"
+
+
+def split_heldout(rows: list[dict], n: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Take ``n`` rows out of ``rows`` (seeded, spread over the list) as the held-out set; returns (train, held)."""
+    if n <= 0:
+        return rows, []
+    if n >= len(rows):
+        raise ValueError(f"cannot hold out {n} of {len(rows)} GRPO prompts: nothing would be left to train on")
+    picked = set(random.Random(seed).sample(range(len(rows)), n))
+    return [r for i, r in enumerate(rows) if i not in picked], [r for i, r in enumerate(rows) if i in picked]
+
+
+def score_completions(rows: Sequence[dict], completions: Sequence[str], funcs: Sequence[Callable[..., list]],
+                      weights: Sequence[float]) -> dict[str, list[float]]:
+    """Each reward function's per-item scores and their weighted total, as the trainer combines them."""
+    wrapped = [[{"role": "assistant", "content": c}] for c in completions]
+    columns = {"answer": [r["answer"] for r in rows], "context": [r["context"] for r in rows]}
+    scores: dict[str, list[float]] = {}
+    for fn in funcs:
+        values = fn(wrapped, **columns)
+        scores[fn.__name__] = [0.0 if v is None else float(v) for v in values]
+    scores["total"] = [sum(w * scores[fn.__name__][i] for fn, w in zip(funcs, weights, strict=True))
+                       for i in range(len(rows))]
+    return scores
+
+
+def heldout_callback(rows: list[dict], funcs: Sequence[Callable[..., list]], weights: Sequence[float], tokenizer,
+                     out: Path, every: int, max_new_tokens: int, batch_size: int = 8):
+    """A TrainerCallback that scores greedy completions of ``rows`` at step 0, every ``every`` steps and at the end."""
+    from rich.console import Console
+    from transformers import TrainerCallback
+
+    from carelab.generation import GenerationSettings, chat_prompt_ids, generate_from_ids
+
+    path = out / HELDOUT_FILE
+    prompts = [chat_prompt_ids(tokenizer, r["prompt"]) for r in rows]
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    console = Console(stderr=True)
+
+    def done_steps() -> set[int]:
+        if not path.exists():
+            return set()
+        return {json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()}
+
+    class HeldoutReward(TrainerCallback):
+        def _evaluate(self, state, model) -> None:
+            if not state.is_world_process_zero or state.global_step in done_steps():
+                return
+            was_training = model.training
+            model.eval()
+            try:
+                texts = generate_from_ids(model, tokenizer, prompts, settings)
+            finally:
+                model.train(was_training)
+            scores = score_completions(rows, texts, funcs, weights)
+            record: dict[str, Any] = {"step": state.global_step, "n": len(rows),
+                                      **{f"{k}_mean": sum(v) / len(v) for k, v in scores.items()},
+                                      "per_item": scores["total"], "ids": [r.get("id") for r in rows]}
+            with path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            parts = " ".join(f"{k}={record[f'{k}_mean']:.3f}" for k in scores)
+            console.print(f"[cyan]held-out[/] step {state.global_step}: {parts} (n={len(rows)})")
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            self._evaluate(state, model)
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if every > 0 and state.global_step % every == 0:
+                self._evaluate(state, model)
+
+        def on_train_end(self, args, state, control, model=None, **kw):
+            self._evaluate(state, model)
+
+    return HeldoutReward()
+
+
+def read_heldout(run_dir: str | Path) -> list[dict]:
+    """The held-out reward records of a GRPO run, in step order (empty when it tracked none)."""
+    path = Path(run_dir) / HELDOUT_FILE
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sorted(records, key=lambda r: r["step"])

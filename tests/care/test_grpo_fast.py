@@ -1,0 +1,141 @@
+"""The faster GRPO path: whole group in one pass equals per-rollout accumulation, β = 0 runs no reference,
+the held-out reward curve, and TRL options passed through by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from carelab.care import synth
+from carelab.care.heldout import read_heldout, score_completions, split_heldout
+from carelab.care.rewards import reward_functions
+from carelab.care.train import GRPORunConfig, SFTRunConfig, run_grpo, run_sft
+from carelab.runs import InputError
+
+TINY = "tiny-random-qwen2"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grpo-fast")
+    easy = synth.write("drop", 10, 0, root / "easy.json", context_words=30)
+    hard = synth.write("msmarco", 6, 0, root / "hard.json", context_words=60)
+    return {"easy": str(easy), "hard": str(hard)}
+
+
+def _cfg(data, out: Path, **kw) -> GRPORunConfig:
+    base = dict(easy=[data["easy"]], hard=[data["hard"]], out=str(out), model=TINY, max_steps=1, batch_size=3,
+                num_generations=3, max_completion_tokens=8, max_prompt_tokens=1500, lr=1e-4, report_to=[],
+                save_steps=100, curriculum=False, temperature=1.0)
+    base.update(kw)
+    return GRPORunConfig(**base)
+
+
+class _GradTap:
+    """Copies every trainable gradient just before the optimizer step."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        tap = self
+        self.grads: dict[str, torch.Tensor] = {}
+
+        class Cb(TrainerCallback):
+            def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+                tap.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+        self.callback = Cb()
+
+
+def test_whole_group_in_one_pass_gives_the_same_gradient(data, tmp_path):
+    """batch 3 × accumulation 1 and batch 1 × accumulation 3 see the same rollouts and must agree."""
+    taps = {}
+    for name, kw in {"batched": dict(batch_size=3, grad_accum=1), "per-rollout": dict(batch_size=1, grad_accum=3)}.items():
+        taps[name] = _GradTap()
+        run_grpo(_cfg(data, tmp_path / name, beta=0.0, **kw), callbacks=[taps[name].callback])
+    a, b = taps["batched"].grads, taps["per-rollout"].grads
+    assert a and set(a) == set(b)
+    assert any(g.abs().sum() > 0 for g in a.values()), "no gradient at all: the comparison would be vacuous"
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-7)
+
+
+def test_beta_zero_runs_no_reference_forward(data, tmp_path, monkeypatch):
+    """With β = 0 (and one update per generation) every log-prob pass is the training pass, under grad."""
+    from trl import GRPOTrainer
+
+    calls: list[bool] = []
+    original = GRPOTrainer._get_per_token_logps_and_entropies
+
+    def counting(self, *a, **k):
+        calls.append(torch.is_grad_enabled())
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(GRPOTrainer, "_get_per_token_logps_and_entropies", counting)
+    run_grpo(_cfg(data, tmp_path / "b0", beta=0.0))
+    assert calls and all(calls), calls
+    calls.clear()
+    run_grpo(_cfg(data, tmp_path / "b1", beta=0.01))
+    assert calls.count(False) >= 1, "β > 0 should score the reference (adapter disabled) without grad"
+
+
+def test_num_iterations_reuses_each_generation(data, tmp_path, monkeypatch):
+    from trl import GRPOTrainer
+
+    generations: list[int] = []
+    original = GRPOTrainer._generate_and_score_completions
+
+    def counting(self, *a, **k):
+        generations.append(1)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", counting)
+    metrics = run_grpo(_cfg(data, tmp_path / "mu2", beta=0.0, num_iterations=2, max_steps=4))
+    assert metrics["steps"] == 4 and len(generations) == 2
+
+
+def test_heldout_reward_curve(data, tmp_path):
+    out = tmp_path / "held"
+    run_grpo(_cfg(data, out, beta=0.0, max_steps=2, heldout_prompts=4, heldout_steps=1))
+    records = read_heldout(out)
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert all(r["n"] == 4 and len(r["per_item"]) == 4 for r in records)
+    assert {"accuracy_mean", "format_mean", "retrieval_mean", "total_mean"} <= set(records[0])
+    # a rerun on the same folder does not duplicate finished points
+    assert len((out / "heldout_reward.jsonl").read_text().splitlines()) == 3
+
+
+def test_split_heldout_is_disjoint_and_seeded():
+    rows = [{"id": i} for i in range(20)]
+    train, held = split_heldout(rows, 5, seed=3)
+    assert len(held) == 5 and len(train) == 15
+    assert not {r["id"] for r in train} & {r["id"] for r in held}
+    assert split_heldout(rows, 5, seed=3)[1] == held
+    with pytest.raises(ValueError, match="nothing would be left"):
+        split_heldout(rows, 20, seed=0)
+
+
+def test_score_completions_weights_like_the_trainer():
+    rows = [{"answer": "Paris", "context": "The capital is Paris."}]
+    good = "<think>The text says <retrieval>The capital is Paris.</retrieval></think>\nAnswer: Paris"
+    scores = score_completions(rows, [good], reward_functions(), [0.7, 0.1, 0.2])
+    assert scores["accuracy"] == [1.0] and scores["format"] == [1.0] and scores["retrieval"] == [1.0]
+    assert scores["total"] == [pytest.approx(1.0)]
+
+
+def test_unknown_trl_option_fails_before_loading(tmp_path):
+    with pytest.raises(InputError, match="loss_typ.*did you mean loss_type"):
+        run_grpo(GRPORunConfig(easy=["unused.json"], out=str(tmp_path / "x"), model=TINY, trl={"loss_typ": "dapo"}))
+    with pytest.raises(InputError, match="no field 'packing_strat'"):
+        run_sft(SFTRunConfig(data=["unused.jsonl"], out=str(tmp_path / "y"), model=TINY, trl={"packing_strat": "x"}))
+    assert not (tmp_path / "x").exists()
+
+
+def test_trl_option_reaches_the_trainer(data, tmp_path):
+    out = tmp_path / "trl"
+    run_grpo(_cfg(data, out, beta=0.0, trl={"scale_rewards": "batch"}))
+    saved = json.loads((out / "grpo_config.json").read_text())
+    assert saved["trl"] == {"scale_rewards": "batch"}
