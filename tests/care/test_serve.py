@@ -127,6 +127,34 @@ def test_long_prompt_is_refused_quickly_without_generating(served):
     assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == n_prompt
 
 
+def test_generation_failure_is_500_in_openai_shape_and_the_worker_survives(served, monkeypatch):
+    import carelab.care.serve as serve_module
+
+    client, _, _ = served
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated out of memory")
+
+    monkeypatch.setattr(serve_module, "stream_generate", boom)
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    err = _assert_openai_error(client.post(URL, json=body), 500)
+    assert err["type"] == "server_error" and "simulated out of memory" in err["message"]
+    _, lines = _stream(client, body)
+    assert "simulated out of memory" in lines[-2] and lines[-1] == "data: [DONE]"
+    monkeypatch.undo()
+    assert client.post(URL, json=body).status_code == 200
+
+
+def test_oversized_body_is_413_declared_or_chunked(tiny_qwen):
+    client = TestClient(create_app(*tiny_qwen, "tiny", max_body_bytes=10_000))
+    big = json.dumps({"messages": [{"role": "user", "content": "x" * 20_000}]}).encode()
+    r = client.post(URL, content=big, headers={"content-type": "application/json"})
+    assert _assert_openai_error(r, 413)["code"] == "request_too_large"
+    chunked = client.post(URL, content=iter([big[i:i + 4096] for i in range(0, len(big), 4096)]),
+                          headers={"content-type": "application/json"})
+    assert "more than 10000 bytes" in _assert_openai_error(chunked, 413)["message"]  # counted, not declared
+
+
 def test_length_cut_reports_length_and_token_usage(served):
     client, engine, tok = served
     before = engine.stats["generated_tokens"]

@@ -222,24 +222,41 @@ def care_extension(text: str, messages: list[dict], eos: str | None) -> dict:
 
 
 class _BodyLimit:
-    """ASGI middleware: refuse a declared body over ``max_bytes`` (413) before anything reads it."""
+    """ASGI middleware: refuse a body over ``max_bytes`` (413), by its declared length before anything reads it,
+    or, for a chunked body, as soon as the bytes received pass the limit (so memory stays bounded)."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
+    def _message(self, n: int, at_least: bool = False) -> str:
+        return (f"request body of {'more than ' if at_least else ''}{n} bytes is over this server's limit of "
+                f"{self.max_bytes} bytes")
+
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_bytes:
-                body = json.dumps(error_body(f"request body of {int(length)} bytes is over this server's limit of "
-                                             f"{self.max_bytes} bytes", "invalid_request_error",
-                                             code="request_too_large")).encode()
-                await send({"type": "http.response.start", "status": 413,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            body = json.dumps(error_body(self._message(int(length)), "invalid_request_error",
+                                         code="request_too_large")).encode()
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        received = 0
+
+        async def counted_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:  # FastAPI re-raises HTTPException from body reading as is
+                    raise StarletteHTTPException(413, self._message(self.max_bytes, at_least=True))
+            return message
+
+        await self.app(scope, counted_receive, send)
 
 
 def create_app(model, tokenizer, model_name: str, max_new_tokens: int = 512, max_queue: int = 8,
