@@ -33,6 +33,15 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ) || \
 	  echo "chromium not installed: the HTML viewer test will be skipped"
 
+# bubblewrap isolates the watermark sandbox (Debian package). Without it the sandbox refuses to run untrusted
+# code (unless told --no-isolation) and its isolation tests are skipped.
+.PHONY: sandbox-deps
+sandbox-deps:
+	@command -v bwrap >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) ) || \
+	  echo "bubblewrap not installed: the watermark sandbox refuses to run and its isolation tests are skipped"
+test: sandbox-deps
+
 # pyproject deselects `slow` tests for a plain `pytest`; CI runs everything.
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -m "slow or not slow" tests

@@ -89,11 +89,14 @@ def robustness_command(
     workers: int = typer.Option(2, "--workers", help="Parallel sandbox processes."),
     threads: int | None = typer.Option(None, "--threads", help="torch threads for generation."),
     problems: Path | None = typer.Option(None, "--problems", help="HumanEval JSONL(.gz); default: bundled."),
+    no_isolation: bool = typer.Option(False, "--no-isolation",
+                                      help="Run generated code even without OS isolation (bubblewrap). Unsafe."),
 ) -> None:
     """Watermarked vs plain HumanEval code before/after semantics-preserving edits: TPR/FPR, AUC, pass@1."""
     from carelab.models import ModelSpecError
     from carelab.runs import InputError
     from carelab.watermark.robustness import RobustnessConfig, run
+    from carelab.watermark.sandbox import IsolationUnavailable
 
     try:
         cfg = RobustnessConfig(out=str(out), model=model, schemes=parse_schemes(scheme),
@@ -101,10 +104,10 @@ def robustness_command(
                                max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                                batch_size=batch_size, prompt_style=prompt_style, z_threshold=z_threshold,
                                gamma=gamma, delta=delta, keep=keep, workers=workers, threads=threads,
-                               problems_path=str(problems) if problems else None)
+                               problems_path=str(problems) if problems else None, no_isolation=no_isolation)
         cfg.validate()
         result = run(cfg)
-    except (ValueError, InputError, ModelSpecError) as exc:
+    except (ValueError, InputError, ModelSpecError, IsolationUnavailable) as exc:
         _fail(str(exc))
         return
     typer.echo(result["table"])
@@ -179,11 +182,17 @@ def sandbox_command(
     file: Path = typer.Argument(..., help="Python program to run contained."),
     wall_s: float = typer.Option(10.0, "--wall"),
     memory_mb: int = typer.Option(1024, "--memory-mb"),
+    no_isolation: bool = typer.Option(False, "--no-isolation",
+                                      help="Run even without OS isolation (bubblewrap): rlimits only. Unsafe."),
 ) -> None:
     """Run a program in the sandbox; prints status, detail and the active containment layers as JSON."""
-    from carelab.watermark.sandbox import Limits, run_program
+    from carelab.watermark.sandbox import IsolationUnavailable, Limits, run_program
 
     code = _read_source(file)
-    r = run_program(code, Limits(wall_s=wall_s, cpu_s=max(1, int(wall_s)), memory_mb=memory_mb))
+    try:
+        r = run_program(code, Limits(wall_s=wall_s, cpu_s=max(1, int(wall_s)), memory_mb=memory_mb,
+                                     allow_unisolated=no_isolation))
+    except IsolationUnavailable as exc:
+        _fail(str(exc))
     typer.echo(json.dumps({"status": r.status, "detail": r.detail, "seconds": round(r.duration_s, 3),
                            "contained": r.contained, "stdout_tail": r.stdout[-500:]}))

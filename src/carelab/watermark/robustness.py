@@ -84,6 +84,7 @@ class RobustnessConfig:
     workers: int = 2
     threads: int | None = None  # torch threads for generation (None: torch's default)
     wall_s: float = 10.0
+    no_isolation: bool = False  # run generated code even where the OS sandbox (bubblewrap) is unavailable
 
     def validate(self) -> None:
         bad = [s for s in self.schemes if s not in SCHEMES]
@@ -162,7 +163,7 @@ def _sandbox_stage(path: Path, jobs: list[tuple[str, dict, str]], cfg: Robustnes
 
     cache = JsonlAppender(path)
     todo = [j for j in jobs if j[0] not in cache]
-    limits = Limits(wall_s=cfg.wall_s, cpu_s=int(cfg.wall_s))
+    limits = Limits(wall_s=cfg.wall_s, cpu_s=int(cfg.wall_s), allow_unisolated=cfg.no_isolation)
     task = progress.add_task(label, total=len(todo)) if progress else None
     from concurrent.futures import ThreadPoolExecutor
 
@@ -409,6 +410,9 @@ def run(cfg: RobustnessConfig, model=None, tokenizer=None) -> dict:
     from carelab.report import markdown_table, write_csv
 
     cfg.validate()
+    from carelab.watermark.sandbox import Limits, require_isolation
+
+    require_isolation(Limits(allow_unisolated=cfg.no_isolation))  # refuse before hours of generation, not after
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
