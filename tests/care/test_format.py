@@ -1,10 +1,20 @@
-"""Parser edge cases and prompt building for the CARE format."""
+"""Parser edge cases, equality with the official regexes, linear time on tag spam, and prompt fitting."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from carelab.care import format as F
+from carelab.care.official import (
+    official_answer_text,
+    official_format_reward,
+    official_quote_spans,
+    official_think,
+)
 
 
 def test_well_formed_complete():
@@ -102,3 +112,87 @@ def test_fit_context_keeps_question(tiny_qwen):
     assert new.startswith("word0") and new.rstrip().endswith("word1999")
     with pytest.raises(ValueError):
         F.fit_context(tok, context, question * 50, max_prompt_tokens=40)
+
+
+# --------------------------------------------------------------------------- linear parser == official regexes
+FRAGMENTS = ["<think>", "</think>", "<retrieval>", "</retrieval>", "Answer:", "Answer", ":", "<think", "think>",
+             "</", "<retrieval", "retrieval>", "<", ">", "/", " ", "\n", "\t", "a", "b c", "Paris.", "<|im_end|>", "é"]
+tagged = st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=5), max_size=40).map("".join)
+
+
+def _reference_parse(text: str) -> tuple[str, list[str], str, bool]:
+    """The parser as it was written on the official regexes (the oracle for the linear-time one)."""
+    text = F.strip_stop(text)
+    retrievals = [q for q in (F.collapse_ws(s) for s in official_quote_spans(text)) if q]
+    think, tail_start = "", 0
+    found = official_think(text)
+    if found:
+        think, tail_start = found[0].strip(), found[1]
+    elif (start := text.find(F.THINK_OPEN)) >= 0:
+        body = text[start + len(F.THINK_OPEN):]
+        cut = body.find(F.ANSWER_MARKER)
+        think = (body if cut < 0 else body[:cut]).strip()
+    answer = ""
+    pos = text.find(F.ANSWER_MARKER, tail_start)
+    if pos < 0:
+        pos = text.find(F.ANSWER_MARKER)
+    if pos >= 0:
+        answer = text[pos + len(F.ANSWER_MARKER):]
+        nxt = answer.find(F.ANSWER_MARKER)
+        answer = (answer if nxt < 0 else answer[:nxt]).strip()
+    return think, retrievals, answer, official_format_reward(text) == 1.0
+
+
+@settings(max_examples=500, deadline=None)
+@given(tagged)
+def test_linear_parser_equals_official_regexes(text):
+    assert F.raw_quotes(text) == official_quote_spans(text)
+    assert F.is_well_formed(text) == (official_format_reward(text) == 1.0)
+    assert F.official_answer(text) == official_answer_text(text)
+    out = F.parse(text)
+    assert (out.think, out.retrievals, out.answer, out.well_formed) == _reference_parse(text)
+
+
+def test_parse_of_ten_megabytes_of_tag_spam_is_fast():
+    """The official regexes need ~50 s for 0.2 MB of unclosed tags (quadratic backtracking)."""
+    for unit in ("<think><retrieval>", "<think>", "<retrieval>a</retrieval>", "<think></think><retrieval>"):
+        text = (unit * (10**7 // len(unit)))
+        start = time.perf_counter()
+        F.parse(text)
+        assert time.perf_counter() - start < 20.0  # ~0.3-1.7 s measured on a loaded 2-core machine
+
+
+# --------------------------------------------------------------------------- bounded context fitting
+class _CountingTokenizer:
+    """A whitespace tokenizer that records the longest text it was asked to tokenize."""
+
+    def __init__(self):
+        self.longest = 0
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        self.longest = max(self.longest, len(text))
+        return [hash(w) % 1000 for w in text.split()]
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(f"w{i}" for i in ids)
+
+    def apply_chat_template(self, msgs, add_generation_prompt=True, tokenize=True, return_dict=False):
+        return self.encode(" ".join(m["content"] for m in msgs))
+
+
+def test_fit_context_cuts_by_characters_before_tokenizing():
+    """A 20 MB context is never tokenized whole: memory and time stay bounded by the token budget."""
+    tok = _CountingTokenizer()
+    context = "word " * 4_000_000
+    new, truncated = F.fit_context(tok, context, "Which word?", max_prompt_tokens=500)
+    assert truncated and len(tok.encode(new)) <= 500
+    assert tok.longest <= 500 * F.MAX_CHARS_PER_TOKEN + 2000
+
+
+def test_precut_alone_counts_as_truncation():
+    """Tokens longer than the bound (here one token per context) still report the cut."""
+    tok = _CountingTokenizer()
+    context = "x" * (100 * F.MAX_CHARS_PER_TOKEN + 10)
+    new, truncated = F.fit_context(tok, context, "q", max_prompt_tokens=100)
+    assert truncated and len(new) < len(context)
+    assert F.cut_middle_chars("abcdefgh", 4, "|") == "ab|gh" and F.cut_middle_chars("abc", 4) == "abc"

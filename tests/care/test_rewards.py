@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -106,13 +107,15 @@ tagged_st = st.lists(st.sampled_from(["<think>", "</think>", "<retrieval>", "</r
 @settings(max_examples=200, deadline=None)
 @given(tagged_st, text_st, text_st)
 def test_rewards_in_unit_interval_and_never_raise(completion, gold, context):
-    for value in (R.accuracy_reward([completion], answer=[gold])[0], R.format_reward([completion])[0],
-                  R.retrieval_reward([completion], context=[context])[0],
-                  R.accuracy_reward([completion], answer=[gold], normalized=True)[0]):
+    for value in (R.format_reward([completion])[0], R.retrieval_reward([completion], context=[context])[0]):
         assert 0.0 <= value <= 1.0
+    for value in (R.accuracy_reward([completion], answer=[gold])[0],
+                  R.accuracy_reward([completion], answer=[gold], normalized=True)[0]):
+        assert (value is None) == (not gold.strip())  # no gold text: not scored, never a silent 0.0
+        assert value is None or 0.0 <= value <= 1.0
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(tagged_st, text_st)
 def test_fast_rewards_match_official_on_arbitrary_text(completion, context):
     completion = completion.replace("<|im_end|>", "")  # the official code keeps EOS; we strip it on purpose
@@ -120,7 +123,116 @@ def test_fast_rewards_match_official_on_arbitrary_text(completion, context):
     assert R.format_reward([completion])[0] == official_format_reward(completion)
 
 
-@pytest.mark.parametrize("bad", [None, 123, {"content": None}, [None], [{"role": "user"}]])
-def test_odd_completion_objects(bad):
-    assert R.format_reward([bad]) == [0.0]
-    assert 0.0 <= R.retrieval_reward([bad], context=["x"])[0] <= 1.0
+@pytest.mark.parametrize("bad", [None, 123, {"content": None}, [None], [{"role": "user"}], [[["deep"]]]])
+def test_completion_without_text_is_not_scored_and_counted(bad):
+    """TRL leaves None out of the function's mean and, if all functions agree, out of the group baseline."""
+    R.unscored_counts(reset=True)
+    assert R.format_reward([bad, "Answer: x"]) == [None, 0.0]
+    assert R.retrieval_reward([bad], context=["x"]) == [None]
+    assert R.accuracy_reward([bad], answer=["x"]) == [None]
+    assert R.combined_reward()([bad], answer=["x"], context=["x"]) == [None]
+    counts = R.unscored_counts(reset=True)
+    assert counts["format: completion is not text"] == 2  # once directly, once inside combined_reward
+    assert counts["accuracy: completion is not text"] == 2 and counts["retrieval: completion is not text"] == 2
+
+
+def test_unscored_cases_are_logged_sparsely(caplog):
+    R.unscored_counts(reset=True)
+    with caplog.at_level("WARNING", logger="carelab.care.rewards"):
+        R.format_reward([None] * 10)
+    assert [r.getMessage().split("(")[-1] for r in caplog.records] == [
+        "1 so far)", "2 so far)", "4 so far)", "8 so far)"]
+    R.unscored_counts(reset=True)
+
+
+def test_missing_gold_or_context_is_not_scored_not_zero():
+    comp = "<think><retrieval>She won two Nobel Prizes.</retrieval></think>Answer: two"
+    assert R.accuracy_reward([comp, comp, comp, comp], answer=[None, "", [], "two"]) == [None, None, None, 1.0]
+    assert R.retrieval_reward([comp, comp], context=[None, CTX]) == [None, 1.0]
+    assert R.retrieval_reward([comp]) == [None]  # neither a context column nor prompts
+
+
+@pytest.mark.parametrize("completions,expected", [(None, []), ("Answer: x", [0.0]), (5, [None]),
+                                                  ((c for c in ["Answer: x"]), [0.0])])
+def test_completions_argument_shapes(completions, expected):
+    assert R.format_reward(completions) == expected
+
+
+def test_cyclic_completion_list_does_not_hang():
+    cyclic: list = ["x"]
+    cyclic.append(cyclic)
+    cyclic.append(cyclic)
+    assert R.completion_text(cyclic) == "x"
+    looped: list = []
+    looped.append(looped)
+    assert R.format_reward([looped]) == [None]
+
+
+@pytest.mark.parametrize("column", ["answer", "context"])
+@pytest.mark.parametrize("length", [1, 3])
+def test_column_of_wrong_length_is_an_error_not_padded(column, length):
+    comps = ["Answer: Warsaw"] * 2
+    kwargs = {"answer": ["Warsaw"] * 2, "context": [CTX] * 2}
+    kwargs[column] = kwargs[column][:1] * length
+    fn = R.accuracy_reward if column == "answer" else R.retrieval_reward
+    with pytest.raises(ValueError, match=f"column '{column}' has {length} values for 2 completions"):
+        fn(comps, **kwargs)
+    assert fn(comps, **{column: kwargs[column][0]}) == fn(comps, **{column: [kwargs[column][0]] * 2})  # scalar
+
+
+def test_index_cache_is_bounded_by_bytes():
+    cache = R._IndexCache(max_bytes=2_000_000)
+    contexts = [" ".join(f"w{i}x{j}" for j in range(3000)) for i in range(40)]
+    for ctx in contexts:
+        idx = cache.get(ctx)
+        idx.fuzzy_contains("w1x2 w1x3 abcdefgh", 0.85)  # adds per-character arrays as the index is used
+        cache.shrink()
+        assert cache.nbytes <= cache.max_bytes
+        assert cache.nbytes == sum(i.nbytes for i in cache._items.values())
+    assert 1 < len(cache) < len(contexts)
+    huge = " ".join(f"h{j}" for j in range(200_000))
+    cache.get(huge)
+    assert huge not in cache._items and cache.nbytes <= cache.max_bytes  # too big to cache: used once
+    R._INDEX_CACHE.clear()
+
+
+# --------------------------------------------------------------------------- tag spam: linear time
+MB = 10**6
+SPAM_UNITS = {"unclosed retrieval": "<think><retrieval>", "many quotes": "<retrieval>a b</retrieval>",
+              "think, then open quote": "<think></think><retrieval>x", "unclosed think": "<think>",
+              "closers": "</think>", "no answer": "<think>a</think>b", "answers": "Answer: <think>"}
+
+
+def _spam(unit: str, n: int) -> str:
+    return (unit * (n // len(unit) + 1))[:n]
+
+
+def _all_rewards(text: str) -> None:
+    R.format_reward([text])
+    R.retrieval_reward([text], context=[CTX])
+    R.accuracy_reward([text], answer=["Warsaw"], normalized=True)
+
+
+@pytest.mark.parametrize("unit", list(SPAM_UNITS.values()), ids=list(SPAM_UNITS))
+def test_ten_megabytes_of_tag_spam_score_in_seconds(unit):
+    """The official regexes take ~50 s on 0.2 MB of such spam (quadratic); 10 MB must take seconds."""
+    text = _spam(unit, 10 * MB)
+    start = time.perf_counter()
+    _all_rewards(text)
+    assert time.perf_counter() - start < 20.0  # ~1.5 s measured on a loaded 2-core machine
+
+
+def test_reward_time_scales_linearly_with_spam_size():
+    """8x the text must cost far less than the 64x of the quadratic official regexes (best of 3 runs)."""
+    def best(n: int) -> float:
+        texts = [_spam(u, n) for u in SPAM_UNITS.values()]
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            for t in texts:
+                _all_rewards(t)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    small, large = best(MB // 4), best(2 * MB)
+    assert large / small < 24, (small, large)

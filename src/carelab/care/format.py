@@ -2,11 +2,12 @@
 
 This is the only module that knows the tag strings. Everything that scores or renders CARE output
 goes through :func:`parse` (or the helpers below), so the format can never disagree with itself.
+The official rules are regexes that backtrack quadratically on tag spam (see :mod:`carelab.care.official`);
+here each rule is a few forward ``str.find`` scans with the same results, tested for equality against them.
 """
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass, field
 
@@ -26,10 +27,6 @@ DEFAULT_SYSTEM_PROMPT = (
     "After </think>, give the final answer on one line that starts with 'Answer:', as short as possible."
 )
 
-_FORMAT_RE = re.compile(r"<think>.*</think>.*Answer:.*", re.DOTALL)
-_THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
-_RETRIEVAL_RE = re.compile(r"<retrieval>(.*?)</retrieval>", re.DOTALL)
-_ANSWER_RE = re.compile(r"Answer:(.*)", re.DOTALL)
 
 
 @dataclass
@@ -59,24 +56,51 @@ def collapse_ws(text: str) -> str:
     return " ".join(text.split())
 
 
+def _first_block(text: str, open_tag: str, close_tag: str, start: int = 0) -> tuple[int, int] | None:
+    """``(body start, body end)`` of what ``open(.*?)close`` (DOTALL) would match first from ``start``, or None.
+
+    The leftmost open tag either has a close tag after it or no later one does, so two finds decide it.
+    """
+    i = text.find(open_tag, start)
+    if i < 0:
+        return None
+    j = text.find(close_tag, i + len(open_tag))
+    return None if j < 0 else (i + len(open_tag), j)
+
+
+def raw_quotes(text: str) -> list[str]:
+    """Every ``<retrieval>…</retrieval>`` body as the official ``re.findall`` returns it, in linear time."""
+    out, pos = [], 0
+    while (block := _first_block(text, RETRIEVAL_OPEN, RETRIEVAL_CLOSE, pos)) is not None:
+        out.append(text[block[0]:block[1]])
+        pos = block[1] + len(RETRIEVAL_CLOSE)
+    return out
+
+
 def quotes(text: str) -> list[str]:
     """Every ``<retrieval>`` span in the whole text, whitespace collapsed, empty ones dropped (official)."""
-    return [q for q in (collapse_ws(s) for s in _RETRIEVAL_RE.findall(text)) if q]
+    return [q for q in (collapse_ws(s) for s in raw_quotes(text)) if q]
 
 
 def official_answer(text: str) -> str:
     """The official answer extraction: everything after the first ``Answer:``, stripped ('' if absent)."""
-    m = _ANSWER_RE.search(text)
-    return m.group(1).strip() if m else ""
+    i = text.find(ANSWER_MARKER)
+    return text[i + len(ANSWER_MARKER):].strip() if i >= 0 else ""
 
 
 def is_well_formed(text: str) -> bool:
-    """Official format rule: full match of think…Answer:, and ≥ 1 quote inside the first think block."""
+    """Official format rule: full match of think…Answer:, and ≥ 1 quote inside the first think block.
+
+    ``<think>.*</think>.*Answer:.*`` matches iff the text opens with ``<think>`` and an ``Answer:`` follows
+    the first ``</think>``; that first block is also the one the official ``search`` takes.
+    """
     text = text.strip()
-    if not _FORMAT_RE.fullmatch(text):
+    if not text.startswith(THINK_OPEN):
         return False
-    m = _THINK_RE.search(text)
-    return bool(m and _RETRIEVAL_RE.search(m.group(1)))
+    think = _first_block(text, THINK_OPEN, THINK_CLOSE)
+    if think is None or text.find(ANSWER_MARKER, think[1] + len(THINK_CLOSE)) < 0:
+        return False
+    return _first_block(text[think[0]:think[1]], RETRIEVAL_OPEN, RETRIEVAL_CLOSE) is not None
 
 
 def parse(text: str, eos: tuple[str, ...] | list[str] | str | None = ()) -> CareOutput:
@@ -84,7 +108,7 @@ def parse(text: str, eos: tuple[str, ...] | list[str] | str | None = ()) -> Care
 
     The answer is the text after the first ``Answer:`` that follows the first closed think block (or the
     first ``Answer:`` anywhere when there is none), up to any later ``Answer:``; an unclosed think block
-    runs to the answer marker or the end. Never raises.
+    runs to the answer marker or the end. Never raises; linear time in the length of ``text``.
 
     >>> out = parse("<think>It says <retrieval>Paris is in France.</retrieval></think> Answer: France<|im_end|>")
     >>> out.answer, out.retrievals, out.well_formed
@@ -92,10 +116,10 @@ def parse(text: str, eos: tuple[str, ...] | list[str] | str | None = ()) -> Care
     """
     text = strip_stop(text, eos)
     out = CareOutput(text=text, retrievals=quotes(text), well_formed=is_well_formed(text))
-    m = _THINK_RE.search(text)
-    if m:
-        out.think = m.group(1).strip()
-        tail_start = m.end()
+    think = _first_block(text, THINK_OPEN, THINK_CLOSE)
+    if think is not None:
+        out.think = text[think[0]:think[1]].strip()
+        tail_start = think[1] + len(THINK_CLOSE)
     else:
         start = text.find(THINK_OPEN)
         if start >= 0:
@@ -152,12 +176,31 @@ def truncate_middle_tokens(ids: list[int], budget: int) -> list[int]:
     return ids[:head] + ids[len(ids) - (budget - head):]
 
 
+#: Characters one token can cover, at most, in any tokenizer we meet (typical: 3-5). A context is first cut to
+#: ``max_prompt_tokens`` times this many characters, so a 50 MB file is never tokenized whole.
+MAX_CHARS_PER_TOKEN = 32
+
+
+def cut_middle_chars(text: str, max_chars: int, marker: str = " … ") -> str:
+    """Keep the first and last halves of ``text`` within about ``max_chars`` characters (cheap pre-cut)."""
+    if len(text) <= max_chars:
+        return text
+    head = max_chars // 2
+    return text[:head] + marker + text[len(text) - (max_chars - head):]
+
+
 def fit_context(tokenizer, context: str, question: str, max_prompt_tokens: int,
                 system_prompt: str | None = None, marker: str = " … ") -> tuple[str, bool]:
     """Middle-truncate ``context`` so the whole chat prompt fits ``max_prompt_tokens``; the question survives.
 
+    The context is first cut by characters to ``max_prompt_tokens × MAX_CHARS_PER_TOKEN`` (a bound no
+    tokenizer's tokens exceed in practice), so time and memory stay bounded however large the file.
     Returns ``(context, truncated)``. Raises ``ValueError`` when even an empty context does not fit.
     """
+    precut = len(context) > max(max_prompt_tokens, 1) * MAX_CHARS_PER_TOKEN
+    if precut:
+        context = cut_middle_chars(context, max(max_prompt_tokens, 1) * MAX_CHARS_PER_TOKEN, marker)
+
     def prompt_len(ctx: str) -> int:
         msgs = build_messages(ctx, question, system_prompt)
         return len(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
@@ -165,7 +208,7 @@ def fit_context(tokenizer, context: str, question: str, max_prompt_tokens: int,
 
     total = prompt_len(context)
     if total <= max_prompt_tokens:
-        return context, False
+        return context, precut
     overhead = prompt_len("")
     budget = max_prompt_tokens - overhead - len(tokenizer.encode(marker, add_special_tokens=False)) - 2
     if budget <= 0:

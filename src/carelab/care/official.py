@@ -1,7 +1,8 @@
 """Slow, literal transcriptions of the public CARE reward rules, kept only as a reference.
 
-The fast rewards in :mod:`carelab.care.rewards` are tested and benchmarked against these, so any
-divergence from the official semantics shows up as a failing test.
+The fast rewards in :mod:`carelab.care.rewards` and the linear-time parser in :mod:`carelab.care.format`
+are tested and benchmarked against these, so any divergence from the official semantics shows up as a
+failing test. Do not "fix" them: their regexes backtrack quadratically on tag spam, on purpose.
 """
 
 from __future__ import annotations
@@ -51,3 +52,21 @@ def official_format_reward(predict_str: str) -> float:
         return 0.0
     m = re.search(r"<think>(.*?)</think>", s, re.DOTALL)
     return 1.0 if m and re.findall(r"<retrieval>.*?</retrieval>", m.group(1), re.DOTALL) else 0.0
+
+
+# The official regexes as used by the parser (``format.parse``), exposed one by one as test oracles.
+def official_quote_spans(predict_str: str) -> list[str]:
+    """Raw bodies of ``<retrieval>(.*?)</retrieval>`` (DOTALL), as ``re.findall`` gives them."""
+    return re.findall(r"<retrieval>(.*?)</retrieval>", predict_str, re.DOTALL)
+
+
+def official_think(predict_str: str) -> tuple[str, int] | None:
+    """Body and end offset of the first ``<think>(.*?)</think>`` match (DOTALL), or None."""
+    m = re.search(r"<think>(.*?)</think>", predict_str, re.DOTALL)
+    return (m.group(1), m.end()) if m else None
+
+
+def official_answer_text(predict_str: str) -> str:
+    """The official answer: the text after the first ``Answer:`` (``Answer:(.*)``, DOTALL), stripped."""
+    m = re.search(r"Answer:(.*)", predict_str, re.DOTALL)
+    return m.group(1).strip() if m else ""
