@@ -23,6 +23,7 @@ def test_probability_ramp():
 
 def test_hard_share_follows_schedule():
     plan = _sampler().plan()
+    assert plan.steps and plan.chunks
     for step, flags in zip(plan.steps, plan.hard, strict=True):
         expected = hard_probability(step, 0.5, 10)
         share = sum(flags) / len(flags)
@@ -48,6 +49,7 @@ def test_repeat_layout_matches_grpo():
 
 def test_no_curriculum_draws_easy_only():
     plan = _sampler(enabled=False).plan()
+    assert plan.chunks and all(plan.chunks)
     assert not any(f for flags in plan.hard for f in flags)
     assert all(i < 50 for chunk in plan.chunks for i in chunk)
 

@@ -48,6 +48,7 @@ def test_loader_reads_native_file(native_files, kind):
 
 def test_musique_hops_from_decomposition(native_files):
     exs = load_examples(native_files["musique"])
+    assert exs
     assert all(ex.hops == len(ex.meta["decomposition"]) for ex in exs)
     assert all(ex.id.startswith(f"{ex.hops}hop__") for ex in exs)
 

@@ -140,6 +140,7 @@ def test_every_method_on_tiny_model_writes_files_and_resumes(tmp_path, monkeypat
             assert {"raw", "think", "quotes", "prediction", "answers", "f1", "em", "context"} <= set(r)
             assert 0.0 <= r["f1"] <= 1.0 and r["label"] == spec.name
     rag = [r for _, r in read_jsonl(ev.predictions_path(run, "rag", "qa"))]
+    assert len(rag) == 3
     # BM25 top-1 keeps only the passage about the person.
     assert all(r["context"].startswith("Person:") and "Cats" not in r["context"] for r in rag)
     row = {r["label"]: r for r in metrics["results"]}
@@ -204,6 +205,7 @@ def test_long_inputs_are_middle_truncated_with_one_warning(tmp_path, monkeypatch
     msgs = [str(w.message) for w in caught if "middle-truncated" in str(w.message)]
     assert msgs == ["3 of 3 prompts were middle-truncated to fit 300 tokens (the question is always kept)"]
     recs = [r for _, r in read_jsonl(ev.predictions_path(cfg.out, "original", "long"))]
+    assert len(recs) == 3
     assert all(r["truncated"] and r["prompt_tokens"] <= 300 for r in recs)
     # Middle truncation keeps the head and the tail (where the answer sentence is) and marks the cut.
     assert all(r["context"].startswith("Long: Filler") and r["context"].endswith("Alice was born in Paris.")

@@ -89,6 +89,7 @@ def test_filters_drop_wrong_and_incomplete(hotpot_file, tmp_path):
     stats2 = run_pipeline(SftDataConfig(input=str(hotpot_file), out=str(out2), completeness="similarity",
                                         similarity=0.8), echo=lambda s: None, reasoner=stub, injector=stub)
     assert stats2["stages"]["stage2_evidence"]["dropped"] == 0 < s2["dropped"]
+    assert _records(out2)
     for r in _records(out2):
         ctx = care_format.collapse_ws(r["context"])
         assert all(q in ctx for q in care_format.parse(r["output"]).retrievals)

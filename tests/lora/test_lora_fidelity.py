@@ -43,6 +43,7 @@ def test_probe_captures_the_exact_full_weight_gradient():
     peft_model(input_ids=ids, labels=ids).loss.backward()
     merged(input_ids=ids, labels=ids).loss.backward()
     merged_params = dict(merged.named_parameters())
+    assert len(pairs) >= 5
     for pair in pairs[:5]:
         name = pair.name.removeprefix("base_model.model.") + ".weight"
         torch.testing.assert_close(pair.module.get_base_layer().weight.grad, merged_params[name].grad,

@@ -77,9 +77,10 @@ def test_efficient_step_is_adamw_on_adjusted_gradients(scale):
     ref.step()
     for (n, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-10, msg=n)
-    for n, p in model.named_parameters():  # the raw gradients are left in place
-        if p.grad is not None:
-            assert torch.equal(p.grad, raw[n])
+    with_grad = [(n, p) for n, p in model.named_parameters() if p.grad is not None]
+    assert with_grad
+    for n, p in with_grad:  # the raw gradients are left in place
+        assert torch.equal(p.grad, raw[n])
 
 
 @pytest.mark.parametrize("mode", ["efficient", "full"])
@@ -160,6 +161,7 @@ def test_lora_fa_frozen_a_stays_and_b_gets_fa_gradient():
         if "lora_A" in n:
             p.requires_grad_(False)
     a0 = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+    assert a0
     opt = LoRAProAdamW(model, lr=2e-2)
     losses = _train(model, opt, [_batch(tok)] * 15)
     assert losses[-1] < losses[0]
