@@ -35,6 +35,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     row["question"] = 5
     out["int_question"] = d / "intq.jsonl"
     out["int_question"].write_text(json.dumps(row) + "\n")
+    row["question"] = "Who is \ud800?"
+    out["surrogate"] = d / "surrogate.jsonl"
+    out["surrogate"].write_text(json.dumps(row) + "\n")  # json.dumps writes the escape \\ud800
     out["bad_py"] = d / "bad.py"
     out["bad_py"].write_bytes(b"x = 1\ny = '\xff'\n")
     return out
@@ -76,6 +79,16 @@ def test_read_jsonl_skips_only_the_undecodable_line(files):
     with pytest.raises(InputError, match=r"line 2: not UTF-8"):
         list(read_jsonl(files["badbyte"]))
     assert [n for n, _ in read_jsonl(files["badbyte"], skip_invalid=True)] == [1, 3]
+
+
+def test_lone_surrogate_escape_is_refused_but_pairs_are_text(tmp_path):
+    """JSON may spell half a surrogate pair ("\\ud800"); no UTF-8 output can carry it, so it is refused early."""
+    p = tmp_path / "s.json"
+    p.write_text('[1,\n{"a": ["\\ud83d\\ude00", "\\udc00"]}]')
+    with pytest.raises(InputError, match=r"s\.json, line 2: the escape \\udc00 is half a UTF-16 surrogate pair"):
+        read_json(p)
+    p.write_text('{"a": "\\ud83d\\ude00 and \\\\ud800 (an escaped backslash)"}')
+    assert read_json(p) == {"a": "\U0001f600 and \\ud800 (an escaped backslash)"}
 
 
 def test_invalid_json_names_line_and_column(tmp_path):
@@ -141,7 +154,8 @@ def _one_line_error(result, *needles: str) -> None:
 CASES = [("badbyte", ("badbyte.jsonl", "line 2", "not UTF-8")),
          ("deep_jsonl", ("deep.jsonl", "line 2", "nested")),
          ("dir", ("adir", "is a directory")),
-         ("int_question", ("intq.jsonl", "line 1", "field 'question'"))]
+         ("int_question", ("intq.jsonl", "line 1", "field 'question'")),
+         ("surrogate", ("surrogate.jsonl", "line 1", "surrogate"))]
 
 
 @pytest.mark.parametrize("name,needles", CASES)

@@ -153,6 +153,29 @@ def _is_too_deep(obj: Any) -> bool:
     return False
 
 
+# A \uD800-\uDBFF escape not followed by a low one, or a \uDC00-\uDFFF escape not preceded by a high one.
+_LONE_SURROGATE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+                             r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    """Whether any string (key or value) holds a lone surrogate, which no UTF-8 output can carry."""
+    stack = [obj]
+    while stack:
+        cur = stack.pop()
+        items = list(cur.items()) if isinstance(cur, dict) else [(None, v) for v in cur]
+        for key, val in items:
+            for s in (key, val):
+                if isinstance(s, str):
+                    try:
+                        s.encode("utf-8")
+                    except UnicodeEncodeError:
+                        return True
+            if isinstance(val, (dict, list)):
+                stack.append(val)
+    return False
+
+
 def parse_json(text: str, path: str | os.PathLike, line: int | None = None) -> Any:
     """Parse JSON read from ``path`` (``line``: where a JSONL record starts); every failure is an InputError."""
     p = Path(path)
@@ -165,6 +188,10 @@ def parse_json(text: str, path: str | os.PathLike, line: int | None = None) -> A
         raise _too_deep(text, p, line) from None
     if isinstance(obj, (dict, list)) and _is_too_deep(obj):
         raise _too_deep(text, p, line)
+    lone = _LONE_SURROGATE.search(text)
+    if lone and (_has_lone_surrogate(obj) if isinstance(obj, (dict, list)) else isinstance(obj, str)):
+        at = text.count("\n", 0, lone.start()) + (1 if line is None else line)
+        raise InputError(p, f"the escape {lone.group()} is half a UTF-16 surrogate pair, not text", line=at)
     return obj
 
 

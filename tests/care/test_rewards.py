@@ -236,3 +236,12 @@ def test_reward_time_scales_linearly_with_spam_size():
 
     small, large = best(MB // 4), best(2 * MB)
     assert large / small < 24, (small, large)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab \ud800\udfff\u00e9"), max_size=30),
+       st.text(alphabet=st.sampled_from("ab \ud800\udfff\u00e9"), max_size=60))
+def test_lone_surrogates_match_official(span, context):
+    """JSON can carry lone surrogates ("\\ud800"); they must not crash the context index."""
+    comp = f"<think><retrieval>{span}</retrieval></think>Answer: a"
+    assert R.retrieval_reward([comp], context=[context])[0] == official_retrieval_reward(comp, context)

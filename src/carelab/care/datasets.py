@@ -376,14 +376,16 @@ def _head(path: Path, n: int) -> bytes:
         return fh.read(n).lstrip()
 
 
-def _first_jsonl_object(path: Path, max_lines: int = 100) -> dict | None:
-    """The first line that parses as a JSON object (bad lines are the loader's business, not detection's)."""
+def _first_jsonl_object(path: Path, max_lines: int = 100) -> tuple[dict | None, InputError | None]:
+    """The first line that parses as a JSON object (bad lines are the loader's business), and the first error."""
+    error = None
     for k, (_, obj) in enumerate(iter_jsonl(path)):
         if isinstance(obj, dict):
-            return obj
+            return obj, error
+        error = error or (obj if isinstance(obj, InputError) else None)
         if k >= max_lines:
             break
-    return None
+    return None, error
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -391,16 +393,17 @@ def detect_format(path: str | os.PathLike) -> str:
     p = Path(path)
     head = _head(p, 64)
     first: Any = None
+    error: InputError | None = None
     if head.startswith(b"["):
         data = read_json(p)
         first = data[0] if isinstance(data, list) and data else None
     else:  # JSONL (detected from the first good line) or one JSON object
-        first = _first_jsonl_object(p)
+        first, error = _first_jsonl_object(p)
         if head.startswith(b"{") and (first is None or p.suffix == ".json"):
             try:
                 whole = read_json(p)
-            except InputError:
-                whole = None
+            except InputError as exc:
+                whole, error = None, (exc if p.suffix == ".json" else error)
             if isinstance(whole, dict):
                 if {"query", "passages"} <= set(whole) and isinstance(whole.get("query"), dict):
                     return "msmarco"
@@ -409,6 +412,8 @@ def detect_format(path: str | os.PathLike) -> str:
                     return "drop"
                 first = whole
     fmt = _detect_obj(first) if isinstance(first, dict) else None
+    if fmt is None and first is None and error is not None:
+        raise error  # no readable record at all: say what is wrong with the first one
     if fmt is None:
         raise InputError(p, "cannot tell the dataset format from the content; pass --format with one of "
                          + ", ".join(FORMATS))

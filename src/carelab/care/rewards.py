@@ -212,7 +212,8 @@ class _ContextIndex:
         lens = np.fromiter((len(w) for w in self.words), dtype=np.int64, count=len(self.words))
         self.len_prefix = np.concatenate([[0], np.cumsum(lens)])
         joined = " ".join(self.words)
-        self._codes = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+        # surrogatepass: a lone surrogate (JSON allows "\ud800") counts as one code point like any other
+        self._codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
         self._word_of_char = np.cumsum(self._codes == ord(" "))  # words are joined by single spaces
         self._char_prefix: dict[str, np.ndarray] = {}
         self._char_totals: dict[str, int] | None = None
