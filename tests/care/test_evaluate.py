@@ -269,6 +269,7 @@ def test_eval_command_errors_are_one_line(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # SmolLM2 generates for two methods on CPU
 def test_embedded_smollm2_end_to_end(tmp_path):
     """The real model through the whole harness: plain answers from a one-sentence context are scored > 0."""
     facts = [("Freedonia", "Zorbatown"), ("Klopstan", "Vemirra"), ("Ostravia", "Pellucid")]

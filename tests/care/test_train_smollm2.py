@@ -10,7 +10,7 @@ from carelab.care import synth
 from carelab.care.sftdata import SftDataConfig, run_pipeline
 from carelab.care.train import GRPORunConfig, SFTRunConfig, run_grpo, run_sft
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # 135M SFT + GRPO on CPU
 
 
 def test_smollm2_sft_lowers_loss_then_grpo_runs(tmp_path):
