@@ -166,3 +166,22 @@ def test_run_uids_are_unique_while_held(monkeypatch, tmp_path):
     with sandbox._run_uid(True) as first, sandbox._run_uid(True) as second:
         assert first == sandbox._UID_LO + 7 and second == sandbox._UID_LO + 8  # 7 is locked: skipped
     assert not list((tmp_path / "locks").iterdir())  # released with the run
+
+
+@needs_isolation
+def test_values_cross_the_harness_boundary_as_in_one_process():
+    """The harness sees what an in-process test would: types kept, iterators one-shot, others opaque."""
+    value = ("[1, (2, 3), {4}, frozenset({5}), {(6, 7): None}, b'8', 9j, 2 ** 100, -0.0, True, 'x', range(3),"
+             " float('inf')]")
+    problem = {"prompt": "", "entry_point": "f", "test": (
+        "def check(candidate):\n"
+        f"    assert candidate() == {value}\n"
+        "    got = candidate()\n"
+        "    assert [type(v).__name__ for v in got] == ['int', 'tuple', 'set', 'frozenset', 'dict', 'bytes',"
+        " 'complex', 'int', 'float', 'bool', 'str', 'range', 'float']\n"
+        "    assert candidate(True) != [0, 2, 4] and list(candidate(True)) == [0, 2, 4]\n")}
+    program = f"def f(lazy=False):\n    return map(lambda i: 2 * i, range(3)) if lazy else {value}\n"
+    r = run_humaneval(problem, program, QUICK)
+    assert r.status == "pass", r.detail
+    r = run_humaneval(problem, "class X:\n    pass\ndef f(lazy=False):\n    return X()\n", QUICK)
+    assert r.status == "fail"

@@ -44,6 +44,8 @@ FORK_EXEC = (
     "    os.read(r, 100)\n"
     "    return os.waitpid(pid, 0)\n"
 )
+# Hunts the nonce, then writes a "pass" report to every descriptor it can reach (0-2 are /dev/null and the
+# output logs: skipped so that its own printout survives for the test to read).
 FORGE = (
     "import gc, json, os, re, sys\n"
     "nonces = set(re.findall(r'[0-9a-f]{32}', open('/proc/self/cmdline').read()))\n"
@@ -71,7 +73,7 @@ FORGE = (
     "targets = [str(fd) for fd in range(3, 64)]\n"
     "for pid in os.listdir('/proc'):\n"
     "    try:\n"
-    "        targets += [f'/proc/{pid}/fd/{fd}' for fd in os.listdir(f'/proc/{pid}/fd')]\n"
+    "        targets += [f'/proc/{pid}/fd/{fd}' for fd in os.listdir(f'/proc/{pid}/fd') if int(fd) > 2]\n"
     "    except OSError:\n"
     "        pass\n"
     "for t in targets:\n"

@@ -179,6 +179,15 @@ def _enc(x, depth=0):
         return {"$": "bytes", "v": bytes(x).hex()}
     if isinstance(x, complex):
         return {"$": "complex", "v": [x.real, x.imag]}
+    if isinstance(x, range):
+        return {"$": "range", "v": [x.start, x.stop, x.step]}
+    if hasattr(type(x), "__next__") and hasattr(type(x), "__iter__"):  # map, filter, generator: a one-shot iterator
+        out = []
+        for i in x:
+            out.append(_enc(i, d))
+            if len(out) > 1000000:
+                raise ValueError("iterator too long")
+        return {"$": "iter", "v": out}
     if isinstance(x, _Remote):
         return {"$": "ref", "v": x._name}
     try:
@@ -216,6 +225,10 @@ def _dec(x, refs):
         return bytes.fromhex(v)
     if tag == "complex":
         return complex(float(v[0]), float(v[1]))
+    if tag == "range":
+        return range(int(v[0]), int(v[1]), int(v[2]))
+    if tag == "iter":
+        return iter([_dec(i, refs) for i in v])
     if tag == "ref":
         return refs[str(v)]
     if tag == "obj":
@@ -606,13 +619,15 @@ def _run_uid(wanted: bool) -> Iterator[int | None]:
     if not wanted or os.geteuid() != 0:
         yield None
         return
-    _LOCK_DIR.mkdir(mode=0o700, exist_ok=True)
-    st = _LOCK_DIR.lstat()
-    if st.st_uid != 0 or not _LOCK_DIR.is_dir() or _LOCK_DIR.is_symlink():
-        raise IsolationUnavailable(f"{_LOCK_DIR} is not a root-owned directory; cannot allocate sandbox uids")
+    lock_dir = _LOCK_DIR if _LOCK_DIR.parent.is_dir() else Path(tempfile.gettempdir()) / "carelab-sandbox-uids"
+    with contextlib.suppress(FileExistsError):
+        lock_dir.mkdir(mode=0o700)
+    st = lock_dir.lstat()
+    if st.st_uid != 0 or not lock_dir.is_dir() or lock_dir.is_symlink() or st.st_mode & 0o022:
+        raise IsolationUnavailable(f"{lock_dir} is not a private root-owned directory; cannot allocate sandbox uids")
     for _ in range(100):
         uid = _UID_LO + secrets.randbelow(_UID_SPAN)
-        fd = os.open(_LOCK_DIR / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        fd = os.open(lock_dir / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -626,7 +641,7 @@ def _run_uid(wanted: bool) -> Iterator[int | None]:
         finally:
             _kill_uid(uid)
             with contextlib.suppress(OSError):
-                os.unlink(_LOCK_DIR / f"{uid}.lock")
+                os.unlink(lock_dir / f"{uid}.lock")
             os.close(fd)
         return
     raise IsolationUnavailable("could not allocate a free sandbox uid")
