@@ -185,3 +185,15 @@ def test_values_cross_the_harness_boundary_as_in_one_process():
     assert r.status == "pass", r.detail
     r = run_humaneval(problem, "class X:\n    pass\ndef f(lazy=False):\n    return X()\n", QUICK)
     assert r.status == "fail"
+
+
+@needs_isolation
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the seccomp filter is written for x86_64")
+def test_seccomp_refuses_attack_surface_syscalls():
+    code = ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            "for nr in (101, 425, 321, 310):  # ptrace, io_uring_setup, bpf, process_vm_readv\n"
+            "    assert libc.syscall(nr, 0, 0, 0, 0) == -1 and ctypes.get_errno() == 1, nr\n"
+            "assert libc.syscall(39) > 0  # getpid still works\n")
+    r = run_program(code, QUICK)
+    assert r.status == "pass", (r.detail, r.stderr)
+    assert r.contained["seccomp"] is True

@@ -115,6 +115,8 @@ CASES: dict[str, tuple[str, str, list[str], str]] = {
     "kill_parent": ("program", "import os\nos.kill(os.getppid(), 9)\nprint('harness alive')\n", ["pass"], ""),
     "kill_all": ("program", "import os\ntry:\n    os.kill(-1, 9)\nexcept ProcessLookupError:\n    pass\n",
                  ["pass"], ""),
+    "ptrace_harness": ("program", LIBC + "import os\nprint('ptrace', libc.ptrace(16, os.getppid(), 0, 0))\n",
+                       ["pass"], ""),
     "setsid_daemon": ("program", LIBC + "import os, time\nif libc.fork() == 0:\n    libc.setsid()\n"
                       "    if libc.fork() == 0:\n        time.sleep(30)\n        open('/tmp/@TOK@-daemon', 'w')\n"
                       "    libc._exit(0)\ntime.sleep(0.3)\n", ["pass"], ""),
@@ -229,6 +231,7 @@ def _run_suite(as_user: int | None) -> None:
         for name in ("forged_report", "forged_report_humaneval"):
             assert "harness memory closed\nnonces found: 0" in results[name]["stdout"]
         assert "connect -1" in results["ctypes_connect"]["stdout"]
+        assert "ptrace -1" in results["ptrace_harness"]["stdout"]
         time.sleep(0.5)
         assert canary.read_text() == "precious", "canary modified"
         assert sorted(p.name for p in canary_dir.iterdir()) == ["canary.txt"]

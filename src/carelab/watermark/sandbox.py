@@ -548,10 +548,39 @@ def _interpreter(requested: str | None, other_uid: bool) -> _Interpreter:
     return found
 
 
-def _bwrap_argv(interp: _Interpreter, limits: Limits) -> list[str]:
+# x86_64 syscalls a HumanEval program never needs and that are the usual kernel attack surface without
+# capabilities (ptrace and process_vm_* on the harness, io_uring, bpf, perf, userfaultfd, keyrings, mount API).
+_SECCOMP_DENY_X86_64 = (101, 310, 311, 312, 321, 298, 323, 425, 426, 427, 248, 249, 250, 165, 166, 155, 272, 308,
+                        303, 304, 246, 320, 175, 313, 176, 163, 167, 168, 169, 103, 300, 428, 429, 430, 431, 432,
+                        433, 442, 179, 172, 173, 154, 134, 212)
+
+
+def _seccomp_fd() -> int | None:
+    """A pipe holding a classic-BPF seccomp filter for bwrap --seccomp (EPERM for the calls above), or None."""
+    import platform
+    import struct
+
+    if platform.machine() != "x86_64":
+        return None
+    deny = sorted(set(_SECCOMP_DENY_X86_64))
+    n = len(deny)
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, eperm, kill = n + 4, n + 5, n + 6  # indices of the three return instructions
+    prog = [(ld, 0, 0, 4), (jeq, 0, kill - 2, 0xC000003E),  # arch must be x86_64, else kill
+            (ld, 0, 0, 0), (jge, eperm - 4, 0, 0x40000000)]  # x32 syscall numbers: refused
+    prog += [(jeq, eperm - (5 + i), 0, nr) for i, nr in enumerate(deny)]
+    prog += [(ret, 0, 0, 0x7FFF0000), (ret, 0, 0, 0x00050000 | 1), (ret, 0, 0, 0x80000000)]
+    assert prog[allow][3] == 0x7FFF0000
+    r, w = os.pipe()
+    os.write(w, b"".join(struct.pack("<HBBI", *ins) for ins in prog))
+    os.close(w)
+    return r
+
+
+def _bwrap_argv(interp: _Interpreter, limits: Limits, seccomp: int | None = None) -> list[str]:
     """bubblewrap command line: every namespace, read-only system, a size-limited tmpfs as the only writable place."""
     argv = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
-            "--as-pid-1",
+            "--as-pid-1", *(["--seccomp", str(seccomp)] if seccomp is not None else []),
             "--ro-bind", "/usr", "/usr"]
     for name in ("bin", "sbin", "lib", "lib64", "lib32"):
         p = Path("/") / name
@@ -585,9 +614,15 @@ def isolation(limits: Limits | None = None) -> tuple[bool, str]:
     else:
         try:
             interp = _interpreter(limits.python, os.geteuid() == 0)
-            with _run_uid(os.geteuid() == 0) as uid:
-                proc = subprocess.run([*_bwrap_argv(interp, limits), interp.path, "-I", "-S", "-c", "print('ok')"],
-                                      capture_output=True, text=True, timeout=30, cwd="/", **_as_user(uid))
+            seccomp = _seccomp_fd()
+            try:
+                with _run_uid(os.geteuid() == 0) as uid:
+                    proc = subprocess.run([*_bwrap_argv(interp, limits, seccomp), interp.path, "-I", "-S", "-c",
+                                           "print('ok')"], capture_output=True, text=True, timeout=30, cwd="/",
+                                          pass_fds=() if seccomp is None else (seccomp,), **_as_user(uid))
+            finally:
+                if seccomp is not None:
+                    os.close(seccomp)
             ok = proc.returncode == 0 and proc.stdout.strip() == "ok"
             why = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
             result = (True, "") if ok else (False, f"bwrap cannot create a sandbox here ({why})")
@@ -756,19 +791,22 @@ def _run(program: str | bytes, test: str | None, entry: str | None, prelude: str
             job_r, job_w = os.pipe()
             rep_r, rep_w = os.pipe()
             argv = [interp.path, "-I", "-S", "-c", _BOOTSTRAP, str(job_r), str(rep_w)]
+            seccomp = _seccomp_fd() if isolated else None
+            keep = (job_r, rep_w) if seccomp is None else (job_r, rep_w, seccomp)
             if isolated:
-                argv = _bwrap_argv(interp, limits) + argv
+                argv = _bwrap_argv(interp, limits, seccomp) + argv
+                contained["seccomp"] = seccomp is not None
             env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "HOME": work}
             start = time.monotonic()
             with (logs / "out").open("wb") as out, (logs / "err").open("wb") as err:
                 try:
                     proc = subprocess.Popen(argv, cwd="/" if isolated else work, stdin=subprocess.DEVNULL,
                                             stdout=out, stderr=err, env=env, start_new_session=True,
-                                            pass_fds=(job_r, rep_w), close_fds=True,
+                                            pass_fds=keep, close_fds=True,
                                             **_as_user(uid if (isolated or not root) else None))
                 finally:
-                    os.close(job_r)
-                    os.close(rep_w)
+                    for fd in keep:
+                        os.close(fd)
                 chunks: list[bytes] = []
                 threads = [threading.Thread(target=_feed, args=(job_w, _frame(job) + _frame(nonce)), daemon=True),
                            threading.Thread(target=_drain, args=(rep_r, chunks), daemon=True)]
