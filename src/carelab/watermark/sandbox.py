@@ -7,7 +7,8 @@ runs in that process can forge the verdict. Here:
 * **Isolation is the kernel's, not Python's.** Each run is a ``bwrap`` (bubblewrap) sandbox with new user,
   PID, network, IPC, UTS, cgroup and mount namespaces: the filesystem is a read-only ``/usr`` (plus the
   interpreter's own prefix), a private ``/proc``, a read-only ``/dev`` and a size-limited tmpfs ``/tmp``
-  (the work dir, ``Limits.disk_mb`` in total); no capabilities, no nested user namespaces, no route out
+  (the work dir, ``Limits.disk_mb`` in total); no capabilities, no nested user namespaces, a seccomp
+  deny-list for kernel attack surface (x86_64: ptrace, io_uring, bpf, ...), no route out
   (only a private loopback), no host process visible, and everything dies with the run (PID namespace
   + ``--die-with-parent``). When the host runs as root, bwrap itself is started as a throw-away uid,
   unique across host processes (a lock under ``/run``), so even an escaped process owns nothing.
@@ -17,8 +18,8 @@ runs in that process can forge the verdict. Here:
 * **Resource limits** inside: RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE (also caps captured output),
   RLIMIT_NOFILE, RLIMIT_NPROC (counted per user namespace, so it binds the run's processes only), no
   core dumps; a wall-clock timeout kills the whole sandbox.
-* **The verdict cannot be forged.** Inside the sandbox a trusted harness process forks a worker that
-  runs the program; the harness makes itself non-dumpable (so the worker cannot ptrace it or open its
+* **The verdict cannot be forged.** Inside the sandbox a trusted harness process (the namespace's PID 1,
+  which the program's signals cannot kill) forks a worker that runs the program; the harness makes itself non-dumpable (so the worker cannot ptrace it or open its
   ``/proc/<pid>/fd``) and alone holds the report pipe and the run's nonce. For HumanEval the tests run
   in the *harness*: every function of the program is a proxy that calls into the worker and gets back
   plain data (ints, strings, lists, ...; anything else is an opaque value equal only to itself), so
