@@ -10,12 +10,29 @@ from carelab.runs import InputError
 
 
 def test_bundled_presets_build():
-    assert {"cpu-quick", "cpu-full", "paper-qwen2.5-7b"} <= set(preset_names())
+    assert {"cpu-quick", "cpu-full", "cpu-full-ablations", "paper-qwen2.5-7b"} <= set(preset_names())
     for name in preset_names():
         p = load_preset(name)
         sft = build_config(SFTRunConfig, p["sft"], {"data": ["x"], "out": "o"}, name)
         grpo = build_config(GRPORunConfig, p["grpo"], {"easy": ["e"], "out": "o"}, name)
-        assert sft.lora_r == 8 and grpo.num_generations == 5 and grpo.beta == 0.01
+        assert sft.lora_r == 8 and grpo.num_generations == 5
+        assert (grpo.batch_size * grpo.grad_accum) % grpo.num_generations == 0
+        # the paper keeps its KL term; the CPU presets run without a reference model
+        assert grpo.beta == (0.01 if name.startswith("paper") else 0.0), name
+
+
+def test_bundled_presets_data_sets_generate():
+    """Every synthetic set a preset names is one synth accepts (one item each, so this stays fast)."""
+    from carelab.care import synth
+
+    for name in preset_names():
+        data = load_preset(name)["data"]
+        specs = [*data["sft"], data["easy"], data["hard"], *data["tests"].values()]
+        assert len(specs) >= 4, name
+        for spec in specs:
+            opts = {k: v for k, v in spec.items() if k not in ("kind", "n")}
+            assert synth.generate(spec["kind"], 1, 0, **opts), (name, spec)
+        assert all(v["n"] >= 100 for v in data["tests"].values()) or name == "cpu-quick", name
 
 
 def test_flags_override_preset():

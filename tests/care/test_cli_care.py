@@ -42,16 +42,35 @@ def test_reproduce_chain_on_toy_preset(tmp_path):
     result = runner.invoke(app, ["care", "reproduce", "--preset", str(HERE / "data" / "tiny-preset.yaml"),
                                  "--out", str(out)])
     assert result.exit_code == 0, result.output
-    for stage in ("1-synthetic-data", "2-sft-data", "3-sft", "4-grpo", "4b-grpo-no-retrieval-reward",
-                  "4c-grpo-no-curriculum", "5-eval"):
-        assert (out / "stages" / f"{stage}.done.json").exists()
+    for stage in ("1-synthetic-data", "2-sft-data", "3-sft", "4-grpo", "5-eval", "6-grpo-no-retrieval-reward",
+                  "6-grpo-no-curriculum", "7-eval-ablations"):
+        assert (out / "stages" / f"{stage}.done.json").exists(), stage
     report = (out / "eval" / "report.md").read_text()
-    for label in ("Original", "CARE-prompt", "SFT-only", "CARE", "no-retrieval-reward", "no-curriculum"):
+    for label in ("Original", "CARE-prompt", "SFT-only", "CARE"):
         assert label in report
+    assert "CARE (bundled)" not in report  # the bundled adapter does not fit the tiny model: skipped
+    assert "heldout-style" in report
+    ablation_report = (out / "eval-ablations" / "report.md").read_text()
+    for label in ("SFT-only", "CARE", "no-retrieval-reward", "no-curriculum"):
+        assert label in ablation_report
+    # the main rows' predictions were copied, not generated again
+    from carelab.care.evaluate import predictions_path
+
+    main_pred = predictions_path(out / "eval", "CARE", "test-counterfactual")
+    assert main_pred.read_text() == predictions_path(out / "eval-ablations", "CARE", "test-counterfactual").read_text()
     assert (out / "eval" / "viewer.html").exists()
+    assert (out / "grpo" / "heldout_reward.jsonl").exists()
     again = runner.invoke(app, ["care", "reproduce", "--preset", str(HERE / "data" / "tiny-preset.yaml"),
                                 "--out", str(out)])
     assert again.exit_code == 0 and "done earlier, skipped" in again.output
+    # the ablation preset shape: a second run reuses the finished run's data, SFT and CARE
+    abl = tmp_path / "ablations"
+    result = runner.invoke(app, ["care", "reproduce", "--preset", str(HERE / "data" / "tiny-preset.yaml"),
+                                 "--out", str(abl), "--base-run", str(out)])
+    assert result.exit_code == 0, result.output
+    assert not (abl / "stages" / "3-sft.done.json").exists()
+    assert (abl / "stages" / "7-eval-ablations.done.json").exists()
+    assert "no-curriculum" in (abl / "eval-ablations" / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -304,6 +304,8 @@ def reproduce_command(
     model: str | None = typer.Option(None, "--model", "-m"),
     seed: int | None = typer.Option(None, "--seed"),
     ablations: bool | None = typer.Option(None, "--ablations/--no-ablations", help="Also train the ablations."),
+    base_run: str | None = typer.Option(None, "--base-run", help="Reuse this finished run's data, SFT and CARE "
+                                        "(train and evaluate only the ablations)."),
 ) -> None:
     """The whole CARE chain in one resumable command: data → SFT data → SFT → GRPO → eval → report."""
     from carelab.care.report import results_text
@@ -312,7 +314,7 @@ def reproduce_command(
     from carelab.runs import InputError
 
     try:
-        eval_dir = reproduce(preset, out=out, model=model, seed=seed, ablations=ablations)
+        eval_dir = reproduce(preset, out=out, model=model, seed=seed, ablations=ablations, base_run=base_run)
     except (InputError, ModelSpecError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
     console.rule("[bold]Results (F1 ×100)")

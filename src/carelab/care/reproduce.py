@@ -1,7 +1,9 @@
 """``carelab care reproduce``: the CARE paper's experiment in miniature, in one resumable command.
 
-synthetic data → SFT data (rule backends) → SFT → GRPO with curriculum (and ablations) → evaluation of
-Original, CARE-prompt, SFT-only and CARE on multi-hop, long-context and counterfactual test sets → report.
+synthetic data → SFT data (rule backends) → SFT → GRPO with curriculum → evaluation of the preset's
+methods (Original, SFT-only, CARE, optionally CARE-prompt and the bundled adapter) on its test sets →
+report; then, optionally, the paper's two ablations on a subset of the test sets (in their own folder,
+possibly in a separate run that reuses a finished run's data and SFT via ``base_run``).
 Each stage writes a done-marker; a rerun skips finished stages and resumes the unfinished one.
 """
 
@@ -21,21 +23,29 @@ from carelab.runs import InputError, save_config, to_jsonable
 
 console = Console()
 
-#: (file stem, synth kind, split key in the preset's data section)
-TRAIN_SETS = (("sft-source", "hotpotqa", "sft_source"), ("easy", "drop", "easy"), ("hard", "msmarco", "hard"))
-TEST_SETS = (("multihop", "hotpotqa", "test_multihop"), ("longbench", "longbench", "test_longbench"),
-             ("counterfactual", "cofca", "test_counterfactual"))
+#: eval labels of the trained rows (also the names the report's paired differences look for)
+SFT_LABEL, CARE_LABEL, BUNDLED_LABEL = "SFT-only", "CARE", "CARE (bundled)"
+#: ablation label -> the GRPO setting it turns off
+ABLATIONS = {"no-retrieval-reward": {"retrieval_reward": False}, "no-curriculum": {"curriculum": False}}
+#: methods a preset may list under ``eval.methods``
+EVAL_METHODS = ("original", "care-prompt", "sft-only", "care", "bundled")
 
 
 @dataclass
 class ReproduceConfig:
-    """The effective preset of a reproduce run (saved as ``reproduce_config.json``)."""
+    """The effective preset of a reproduce run (saved as ``reproduce_config.json``).
+
+    ``data`` holds the synthetic sets: ``sft`` (a list of sources for the rule pipeline), ``easy`` and
+    ``hard`` (GRPO), ``tests`` (name -> set); each set is ``{kind, n, style, …synth options}``.
+    """
 
     preset: str
     out: str
     model: str = "smollm2-135m-instruct"
     seed: int = 0
     ablations: bool = False
+    #: reuse this finished run's data, SFT and CARE (the ablation preset trains only the ablations)
+    base_run: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     sft: dict[str, Any] = field(default_factory=dict)
     grpo: dict[str, Any] = field(default_factory=dict)
@@ -61,29 +71,50 @@ def _run_stage(out: Path, name: str, fn, *args, **kwargs) -> Any:
     return result
 
 
-def _make_data(cfg: ReproduceConfig, data_dir: Path) -> dict[str, str]:
+def _synth_set(spec: dict[str, Any], seed: int, path: Path, split: str, where: str) -> str:
+    """Write one synthetic set described by ``{kind, n, style, …options}``; returns its path."""
     from carelab.care import synth
 
-    paths: dict[str, str] = {}
-    opts = cfg.data.get("synth_options", {})
-    for stem, kind, key in TRAIN_SETS + TEST_SETS:
-        n = int(cfg.data.get(key, 0))
-        if n <= 0:
-            continue
-        split = "test" if key.startswith("test_") else "train"
-        ext = ".jsonl" if kind in ("musique", "longbench", "cofca") else ".json"
-        path = data_dir / f"{stem}{ext}"
-        synth.write(kind, n, cfg.seed, path, split=split, **opts.get(stem, {}))
-        paths[stem] = str(path)
+    opts = dict(spec)
+    try:
+        kind, n = opts.pop("kind"), int(opts.pop("n"))
+    except KeyError as exc:
+        raise InputError("preset", f"data set {where} needs {exc.args[0]!r}", field=where) from None
+    path = path.with_suffix(synth.SUFFIX.get(kind, ".json"))
+    try:
+        synth.write(kind, n, seed, path, split=opts.pop("split", split), **opts)
+    except (TypeError, ValueError) as exc:
+        raise InputError("preset", str(exc), field=where) from None
+    return str(path)
+
+
+def _make_data(cfg: ReproduceConfig, data_dir: Path) -> dict[str, Any]:
+    """Every synthetic set of the preset: SFT sources, GRPO easy/hard, and the named test sets."""
+    data = cfg.data
+    paths: dict[str, Any] = {"sft": [_synth_set(spec, cfg.seed, data_dir / f"sft-{i}-{spec.get('kind')}", "train",
+                                                f"data.sft[{i}]") for i, spec in enumerate(data.get("sft", []))]}
+    for key in ("easy", "hard"):
+        if data.get(key):
+            paths[key] = _synth_set(data[key], cfg.seed, data_dir / key, "train", f"data.{key}")
+    paths["tests"] = {name: _synth_set(spec, cfg.seed, data_dir / f"test-{name}", "test", f"data.tests.{name}")
+                      for name, spec in data.get("tests", {}).items()}
     return paths
 
 
-def _make_sft_data(cfg: ReproduceConfig, source: str, out_file: Path) -> dict:
+def _make_sft_data(sources: list[str], out_file: Path) -> dict:
+    """Rule-pipeline traces from every source, concatenated (the trainer shuffles)."""
     from carelab.care.sftdata import SftDataConfig, run_pipeline
 
-    stats = run_pipeline(SftDataConfig(input=source, format="hotpotqa", reasoner="rule", injector="rule",
-                                       out=str(out_file)))
-    return stats if isinstance(stats, dict) else {"stats": str(stats)}
+    stats = {}
+    parts = []
+    for src in sources:
+        part = out_file.with_name(f"{Path(src).stem}.sft.jsonl")
+        stats[Path(src).stem] = run_pipeline(SftDataConfig(input=src, reasoner="rule", injector="rule", out=str(part)))
+        parts.append(part)
+    with out_file.open("w", encoding="utf-8") as fh:
+        for part in parts:
+            fh.write(part.read_text(encoding="utf-8"))
+    return {k: (v if isinstance(v, dict) else str(v)) for k, v in stats.items()}
 
 
 def _sft(cfg: ReproduceConfig, sft_file: str, out: Path) -> dict:
@@ -94,7 +125,7 @@ def _sft(cfg: ReproduceConfig, sft_file: str, out: Path) -> dict:
     return run_sft(sft_cfg)
 
 
-def _grpo(cfg: ReproduceConfig, data: dict[str, str], sft_dir: Path, out: Path, **ablation: Any) -> dict:
+def _grpo(cfg: ReproduceConfig, data: dict[str, Any], sft_dir: Path, out: Path, **ablation: Any) -> dict:
     from carelab.care.train import GRPORunConfig, run_grpo
 
     grpo_cfg = build_config(GRPORunConfig, cfg.grpo, {"easy": [data["easy"]], "hard": [data["hard"]],
@@ -104,17 +135,72 @@ def _grpo(cfg: ReproduceConfig, data: dict[str, str], sft_dir: Path, out: Path, 
     return run_grpo(grpo_cfg)
 
 
-def _evaluate(cfg: ReproduceConfig, data: dict[str, str], adapters: dict[str, str], out: Path) -> dict:
-    from carelab.care.evaluate import EvalConfig, MethodSpec, run_eval
+def _method_specs(cfg: ReproduceConfig, root: Path) -> list:
+    """The rows of the main table, in the preset's order (default: Original, SFT-only, CARE)."""
+    from carelab.care.evaluate import MethodSpec
+    from carelab.care.shipped import default_adapter, is_embedded
 
-    methods = [MethodSpec("original", label="Original"), MethodSpec("care-prompt", label="CARE-prompt")]
-    methods += [MethodSpec("care", label=label, adapter=path) for label, path in adapters.items()]
-    tests = [data[stem] for stem, _, _ in TEST_SETS if stem in data]
-    ecfg = EvalConfig(data=tests, methods=methods, out=str(out), model=cfg.model, seed=cfg.seed,
-                      **{k: v for k, v in cfg.eval.items() if k in ("limit", "max_new_tokens", "batch_size",
-                                                                    "max_prompt_tokens", "dtype")})
-    run_eval(ecfg)
+    specs = []
+    for name in cfg.eval.get("methods", ["original", "sft-only", "care"]):
+        if name == "original":
+            specs.append(MethodSpec("original", label="Original"))
+        elif name == "care-prompt":
+            specs.append(MethodSpec("care-prompt", label="CARE-prompt"))
+        elif name == "sft-only":
+            specs.append(MethodSpec("care", label=SFT_LABEL, adapter=str(root / "sft")))
+        elif name == "care":
+            specs.append(MethodSpec("care", label=CARE_LABEL, adapter=str(root / "grpo" / FINAL_ADAPTER)))
+        elif name == "bundled":
+            bundled = default_adapter()
+            if bundled is None or not is_embedded(cfg.model):
+                console.print("[yellow]the bundled CARE adapter fits only the embedded SmolLM2 (and must be in "
+                              "this build): its row is skipped[/]")
+            else:
+                specs.append(MethodSpec("care", label=BUNDLED_LABEL, adapter=bundled))
+        else:
+            raise InputError(cfg.preset, f"unknown eval method {name!r}; use {', '.join(EVAL_METHODS)}",
+                             field="eval.methods")
+    return specs
+
+
+def _eval_options(cfg: ReproduceConfig) -> dict[str, Any]:
+    return {k: v for k, v in cfg.eval.items() if k in ("limit", "max_new_tokens", "batch_size", "max_prompt_tokens",
+                                                       "dtype")}
+
+
+def _evaluate(cfg: ReproduceConfig, tests: list[str], methods: list, out: Path) -> dict:
+    from carelab.care.evaluate import EvalConfig, run_eval
+
+    run_eval(EvalConfig(data=tests, methods=methods, out=str(out), model=cfg.model, seed=cfg.seed,
+                        **_eval_options(cfg)))
     return {"out": str(out)}
+
+
+def _evaluate_ablations(cfg: ReproduceConfig, data: dict[str, Any], main_root: Path, root: Path,
+                        out: Path) -> dict:
+    """Ablation rows beside SFT-only and CARE on the preset's ablation sets; the main rows' finished
+    predictions are copied from the main evaluation, not generated again (greedy: they would be equal)."""
+    import shutil
+
+    from carelab.care.evaluate import MethodSpec, predictions_path
+
+    names = cfg.eval.get("ablation_tests") or list(data["tests"])
+    unknown = [n for n in names if n not in data["tests"]]
+    if unknown:
+        raise InputError(cfg.preset, f"unknown test set(s) {', '.join(unknown)}", field="eval.ablation_tests")
+    tests = [data["tests"][n] for n in names]
+    main = [MethodSpec("care", label=SFT_LABEL, adapter=str(main_root / "sft")),
+            MethodSpec("care", label=CARE_LABEL, adapter=str(main_root / "grpo" / FINAL_ADAPTER))]
+    for spec in main:
+        for test in tests:
+            key = Path(test).name.split(".")[0]
+            src, dst = predictions_path(main_root / "eval", spec.name, key), predictions_path(out, spec.name, key)
+            if src.exists() and not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+    ablations = [MethodSpec("care", label=label, adapter=str(root / f"grpo-{label}" / FINAL_ADAPTER))
+                 for label in ABLATIONS]
+    return _evaluate(cfg, tests, main + ablations, out)
 
 
 def _check_same_settings(cfg: ReproduceConfig, saved: Path) -> None:
@@ -130,34 +216,46 @@ def _check_same_settings(cfg: ReproduceConfig, saved: Path) -> None:
 
 
 def reproduce(preset: str, out: str | None = None, model: str | None = None, seed: int | None = None,
-              ablations: bool | None = None) -> Path:
-    """Run (or resume) the whole chain for ``preset``; returns the report folder."""
+              ablations: bool | None = None, base_run: str | None = None) -> Path:
+    """Run (or resume) the whole chain for ``preset``; returns the main report folder.
+
+    With ``base_run`` (or ``base_run:`` in the preset) the data, SFT and CARE of that finished run are
+    reused and only the ablations are trained and evaluated.
+    """
     raw = load_preset(preset)
-    unknown = set(raw) - {"name", "description", "model", "seed", "ablations", "data", "sft", "grpo", "eval"}
+    unknown = set(raw) - {"name", "description", "model", "seed", "ablations", "base_run", "data", "sft", "grpo",
+                          "eval"}
     if unknown:
         raise InputError(preset, f"unknown preset section(s): {', '.join(sorted(unknown))}")
     cfg = ReproduceConfig(
         preset=preset, out=out or f"runs/{raw.get('name', Path(preset).stem)}", model=model or raw.get("model",
         "smollm2-135m-instruct"), seed=raw.get("seed", 0) if seed is None else seed,
         ablations=raw.get("ablations", False) if ablations is None else ablations,
+        base_run=base_run or raw.get("base_run"),
         data=raw.get("data", {}), sft=raw.get("sft", {}), grpo=raw.get("grpo", {}), eval=raw.get("eval", {}))
     root = Path(cfg.out)
+    main_root = Path(cfg.base_run) if cfg.base_run else root
+    if cfg.base_run and not _stage(main_root, "4-grpo").exists():
+        raise InputError(cfg.base_run, "base run has no finished GRPO stage; run its preset first (carelab care "
+                                       "reproduce --preset … --out " + cfg.base_run + ")")
     root.mkdir(parents=True, exist_ok=True)
     _check_same_settings(cfg, root / "reproduce_config.json")
     save_config(cfg, root, "reproduce_config.json")
     t0 = time.time()
-    data = _run_stage(root, "1-synthetic-data", _make_data, cfg, root / "data")
-    _run_stage(root, "2-sft-data", _make_sft_data, cfg, data["sft-source"], root / "data" / "sft.jsonl")
-    _run_stage(root, "3-sft", _sft, cfg, str(root / "data" / "sft.jsonl"), root / "sft")
-    _run_stage(root, "4-grpo", _grpo, cfg, data, root / "sft", root / "grpo")
-    adapters = {"SFT-only": str(root / "sft"), "CARE": str(root / "grpo" / FINAL_ADAPTER)}
+    if cfg.base_run:
+        data = json.loads(_stage(main_root, "1-synthetic-data").read_text())["result"]
+    else:
+        data = _run_stage(root, "1-synthetic-data", _make_data, cfg, root / "data")
+        _run_stage(root, "2-sft-data", _make_sft_data, data["sft"], root / "data" / "sft.jsonl")
+        _run_stage(root, "3-sft", _sft, cfg, str(root / "data" / "sft.jsonl"), root / "sft")
+        _run_stage(root, "4-grpo", _grpo, cfg, data, root / "sft", root / "grpo")
+        _run_stage(root, "5-eval", _evaluate, cfg, list(data["tests"].values()), _method_specs(cfg, root),
+                   root / "eval")
     if cfg.ablations:
-        _run_stage(root, "4b-grpo-no-retrieval-reward", _grpo, cfg, data, root / "sft",
-                   root / "grpo-no-retrieval-reward", retrieval_reward=False)
-        _run_stage(root, "4c-grpo-no-curriculum", _grpo, cfg, data, root / "sft", root / "grpo-no-curriculum",
-                   curriculum=False)
-        adapters["no-retrieval-reward"] = str(root / "grpo-no-retrieval-reward" / FINAL_ADAPTER)
-        adapters["no-curriculum"] = str(root / "grpo-no-curriculum" / FINAL_ADAPTER)
-    _run_stage(root, "5-eval", _evaluate, cfg, data, adapters, root / "eval")
+        for label, setting in ABLATIONS.items():
+            _run_stage(root, f"6-grpo-{label}", _grpo, cfg, data, main_root / "sft", root / f"grpo-{label}",
+                       **setting)
+        _run_stage(root, "7-eval-ablations", _evaluate_ablations, cfg, data, main_root, root,
+                   root / "eval-ablations")
     (root / "stages" / "total.json").write_text(json.dumps({"seconds_this_invocation": round(time.time() - t0, 1)}))
-    return root / "eval"
+    return (root / "eval") if not cfg.base_run else (root / "eval-ablations")

@@ -214,6 +214,25 @@ def _summary_callback():
     return OneLineSummary()
 
 
+def _silence_upstream_deprecations() -> None:
+    """Upstream's own deprecation notices (PEFT reading ``is_gradient_checkpointing``) are not the user's to fix."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def _quiet_progress(trainer) -> None:
+    """Keep the tqdm bar but drop its printing of TRL's raw log dicts: the one-line summary says it once."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class BarOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            return None
+
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(BarOnly())
+
+
 def _last_checkpoint(out: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -232,13 +251,17 @@ def _load_base(spec: str, init_adapter: str | None, dtype: str):
 
 
 # --------------------------------------------------------------------------- SFT
-def run_sft(cfg: SFTRunConfig) -> dict:
-    """Supervised fine-tuning on CARE-format traces; returns the train metrics (loss before/after)."""
+def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> dict:
+    """Supervised fine-tuning on CARE-format traces; returns the train metrics (loss before/after).
+
+    ``callbacks`` are extra TrainerCallbacks (``benchmarks/sft_step.py`` times steps with one).
+    """
     from trl import SFTConfig, SFTTrainer
 
     from carelab.lora.variants import make_optimizer, prepare_adapter
 
     trl_options(SFTConfig, cfg.trl, {})  # a misspelt TRL option fails before anything is loaded
+    _silence_upstream_deprecations()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out, "sft_config.json")
@@ -262,9 +285,9 @@ def run_sft(cfg: SFTRunConfig) -> dict:
         eval_steps=cfg.save_steps if eval_ds is not None else None, load_best_model_at_end=bool(
             eval_ds is not None and cfg.early_stopping_patience), metric_for_best_model="eval_loss",
         use_cpu=not _has_gpu(), dataloader_num_workers=0, disable_tqdm=False, bf16=_bf16(cfg.dtype),
-        gradient_checkpointing=cfg.gradient_checkpointing, packing=cfg.packing,
+        activation_checkpointing=cfg.gradient_checkpointing, packing=cfg.packing,
     )))
-    callbacks = [_summary_callback()]
+    callbacks = [_summary_callback(), *(callbacks or [])]
     if eval_ds is not None and cfg.early_stopping_patience:
         from transformers import EarlyStoppingCallback
 
@@ -272,6 +295,7 @@ def run_sft(cfg: SFTRunConfig) -> dict:
     optimizer = make_optimizer(setup, model, cfg.lr, cfg.weight_decay)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_ds, processing_class=tok,
                          callbacks=callbacks, optimizers=(optimizer, None))
+    _quiet_progress(trainer)
     resume = _last_checkpoint(out) if cfg.resume else None
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out))
@@ -351,6 +375,7 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
         raise ValueError(f"--batch-size × --grad-accum ({cfg.batch_size} × {cfg.grad_accum}) must be a multiple of the "
                          f"group size ({cfg.num_generations})")
     trl_options(GRPOConfig, cfg.trl, {})  # a misspelt TRL option fails before anything is loaded
+    _silence_upstream_deprecations()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out, "grpo_config.json")
@@ -395,7 +420,7 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
         reward_weights=weights, logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
         seed=cfg.seed, report_to=cfg.report_to, use_cpu=not _has_gpu(),
         use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, dataloader_num_workers=0, bf16=_bf16(cfg.dtype),
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,
         remove_unused_columns=False, log_completions=False, disable_tqdm=False,
         # dropout would make the old and new log-probs of the same tokens differ (noise in the PPO ratio)
         disable_dropout=True,
@@ -407,6 +432,7 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     optimizer = make_optimizer(setup, model, cfg.lr, cfg.weight_decay)
     trainer = trainer_cls(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tok,
                           callbacks=[_summary_callback(), *extra_callbacks], optimizers=(optimizer, None))
+    _quiet_progress(trainer)
     resume = _last_checkpoint(out) if cfg.resume else None
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out / "grpo-adapter"))
