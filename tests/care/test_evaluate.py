@@ -32,7 +32,7 @@ def scripted(monkeypatch, answers: dict[str, str], calls: list | None = None):
     """Replace generation with scripted outputs keyed by a question substring of the decoded prompt."""
     import carelab.generation as gen
 
-    def fake(model, tok, prompts, settings, logits_processor=None, progress=None):
+    def fake(model, tok, prompts, settings, logits_processor=None, progress=None, on_result=None):
         outs = []
         for ids in prompts:
             text = tok.decode(ids)
@@ -188,7 +188,7 @@ def test_scripted_end_to_end_metrics_and_report(tmp_path, monkeypatch):
     assert row["evidence_rouge_l"] == pytest.approx(50.0)
     csv_text = (Path(cfg.out) / "metrics.csv").read_text()
     assert csv_text.splitlines()[0].startswith("label,") and "CARE" in csv_text
-    assert "| CARE | 50.00 | 50.00 |" in (Path(cfg.out) / "report.md").read_text()
+    assert "| CARE | 50.0 [0.0, 100.0] | 50.0 [0.0, 100.0] |" in (Path(cfg.out) / "report.md").read_text()
 
 
 def test_long_inputs_are_middle_truncated_with_one_warning(tmp_path, monkeypatch):

@@ -40,3 +40,25 @@ def test_evidence_bleu_rouge():
     assert M.evidence_bleu([], gold) == 0.0
     assert M.evidence_rouge_l(["Warsaw is big"], gold) < 50
     assert M.evidence_bleu(["x"], []) is None
+
+
+def test_aggregate_carries_bootstrap_intervals_and_n():
+    """Each metric cell of a (method, dataset) row has its 95 % interval; hand-computed on two items."""
+    from carelab.care.evaluate import CI_METRICS, aggregate
+
+    recs = [{"id": "a", "f1": 1.0, "em": 1.0, "well_formed": True, "gen_seconds": 2.0,
+             "quotes": [{"match": "exact"}, {"match": "fuzzy"}]},
+            {"id": "b", "f1": 0.0, "em": 0.0, "well_formed": True, "gen_seconds": 2.0,
+             "quotes": [{"match": "exact"}, {"match": "none"}]}]
+    m = aggregate(recs, "qa", care_style=True)
+    assert (m["f1"], m["f1_lo"], m["f1_hi"], m["score_n"]) == (50.0, 0.0, 100.0, 2)  # means 0/50/100
+    assert (m["format_rate"], m["format_rate_lo"], m["format_rate_hi"]) == (100.0, 100.0, 100.0)
+    # Every item has exactly one exact quote of two, so the exact share is 50 % in every resample; in-context
+    # is 2/2 for a and 1/2 for b, so resamples give 50, 75 or 100 %.
+    assert (m["quote_exact_share"], m["quote_exact_share_lo"], m["quote_exact_share_hi"]) == (50.0, 50.0, 50.0)
+    assert (m["quote_in_context_share"], m["quote_in_context_share_lo"], m["quote_in_context_share_hi"]) == (
+        75.0, 50.0, 100.0)
+    assert m["item_scores"] == {"a": 100.0, "b": 0.0} and m["n_quotes"] == 4
+    assert m["items_per_s"] == pytest.approx(0.5)
+    counterfactual_only = {"f1_counterfactual", "f1_factual", "memorised_share"}
+    assert all(f"{k}_lo" in m and f"{k}_hi" in m for k in set(CI_METRICS) - counterfactual_only)

@@ -10,7 +10,15 @@ import pytest
 
 from carelab.care.datasets import Passage, QAExample
 from carelab.care.evaluate import EvalConfig, MethodSpec, run_eval
-from carelab.care.report import ablation_table, collect_rows, main_table, write_report
+from carelab.care.report import (
+    ablation_table,
+    collect_rows,
+    difference_table,
+    main_table,
+    throughput_table,
+    with_ci,
+    write_report,
+)
 from carelab.runs import InputError
 
 PASSAGES = [Passage("Alice", ["Alice was born in Paris.", "She studied law."]),
@@ -41,7 +49,7 @@ def _runs(tmp_path, monkeypatch):
     gold = {"m0": "Paris", "m1": "Paris", "c0": "Berlin", "c1": "Rome"}
     state = {"label": None}
 
-    def fake(model, tok, prompts, settings, logits_processor=None, progress=None):
+    def fake(model, tok, prompts, settings, logits_processor=None, progress=None, on_result=None):
         outs = []
         for ids in prompts:
             text = tok.decode(ids)
@@ -79,19 +87,47 @@ def test_report_tables_chart_and_viewer(tmp_path, monkeypatch):
     assert (by["SFT-only"]["multihop"], by["SFT-only"]["counterfactual"]) == (100.0, 0.0)
     assert (by["CARE"]["multihop"], by["CARE"]["counterfactual"], by["CARE"]["Avg"]) == (100.0, 100.0, 100.0)
 
+    # 95 % bootstrap intervals by hand: two items scoring 100 and 0 resample to means 0, 50 or 100; one item is
+    # a point; the Avg resamples each dataset separately (multihop 0/50/100, counterfactual always 0).
+    shown = {r["Method"]: r for r in with_ci(table, cols)}
+    assert (shown["original"]["multihop"], shown["original"]["counterfactual"], shown["original"]["Avg"]) == (
+        "50.0 [0.0, 100.0]", "0.0 [0.0, 0.0]", "25.0 [0.0, 50.0]")
+    assert (by["original"]["multihop_n"], by["original"]["counterfactual_n"], by["original"]["Avg_n"]) == (2, 1, 3)
+
     abl, _ = ablation_table(collect_rows(runs))
     assert [r["Method"] for r in abl] == ["Baseline (Original)", "SFT only", "No curriculum", "CARE"]
     assert abl[2]["Avg"] == pytest.approx((50.0 + 100.0) / 2)
 
     md = paths["markdown"].read_text()
     assert "## Ablation (paper Table 3 layout)" in md and "## Counterfactual fidelity" in md
-    assert "## Format and evidence grounding" in md
-    assert "| original | counterfactual | 1 / 1 | 0.00 | 100.00 | 100.00 |" in md  # answered Paris from memory
+    assert "## Format and evidence grounding" in md and "## Paired differences" in md
+    assert "| original | counterfactual | 1 / 1 | 0.0 [0.0, 0.0] | 100.0 [100.0, 100.0] | 100.0 [100.0, 100.0] |" in md
+    assert "| original | 50.0 [0.0, 100.0] | 0.0 [0.0, 0.0] | 25.0 [0.0, 50.0] |" in md
+    assert "## Throughput" in md and {r["Method"] for r in throughput_table(collect_rows(runs))} == {
+        "original", "SFT-only", "CARE", "no-curriculum"}
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = paths["viewer"].read_text()
     assert html.count('<div class="ex"') == 4 * 4  # 4 labels × 4 items
     assert 'class="q q-exact"' in html
-    assert (out / "results.csv").read_text().splitlines()[0] == "Method,multihop,counterfactual,Avg"
+    assert (out / "results.csv").read_text().splitlines()[0] == (
+        "Method,multihop,multihop_lo,multihop_hi,multihop_n,counterfactual,counterfactual_lo,counterfactual_hi,"
+        "counterfactual_n,Avg,Avg_lo,Avg_hi,Avg_n")
+
+
+def test_paired_differences_hand_computed(tmp_path, monkeypatch):
+    """Per-item differences on the same items, resampled jointly; Avg resamples within each dataset."""
+    diff = {r["Comparison"]: r for r in difference_table(collect_rows(_runs(tmp_path, monkeypatch)))}
+    assert list(diff) == ["SFT-only − original", "CARE − original", "no-curriculum − original",
+                          "CARE − SFT-only", "no-curriculum − SFT-only"]
+    # SFT-only vs original: multihop differences (0, 100); the counterfactual item is wrong for both.
+    assert [diff["SFT-only − original"][k] for k in ("multihop", "counterfactual", "Avg", "n (pairs)")] == [
+        "+50.0 [0.0, 100.0]", "+0.0 [0.0, 0.0]", "+25.0 [0.0, 50.0]", "2 / 1"]
+    # Every resample of CARE − original is positive on the counterfactual item and on the average: marked *.
+    assert diff["CARE − original"]["counterfactual"] == "+100.0 [100.0, 100.0] *"
+    assert diff["CARE − original"]["Avg"] == "+75.0 [50.0, 100.0] *"
+    # Equal per-item differences (0, 0) on multihop: a zero-width interval at the point.
+    assert diff["CARE − SFT-only"]["multihop"] == "+0.0 [0.0, 0.0]"
+    assert diff["no-curriculum − SFT-only"]["multihop"] == "-50.0 [-100.0, 0.0]"
 
 
 def test_report_command_and_errors(tmp_path, monkeypatch):
@@ -105,7 +141,8 @@ def test_report_command_and_errors(tmp_path, monkeypatch):
     app.command()(report_command)
     res = CliRunner().invoke(app, [runs[0]])
     assert res.exit_code == 0, res.output
-    assert "| original | 50.00 | 0.00 | 25.00 |" in res.output and (Path(runs[0]) / "viewer.html").exists()
+    assert "| original | 50.0 [0.0, 100.0] | 0.0 [0.0, 0.0] | 25.0 [0.0, 50.0] |" in res.output
+    assert (Path(runs[0]) / "viewer.html").exists()
     res = CliRunner().invoke(app, [runs[0], runs[1]])
     assert res.exit_code == 2 and "--out" in res.output
     res = CliRunner().invoke(app, [str(tmp_path / "nope")])

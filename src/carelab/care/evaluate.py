@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -219,44 +220,77 @@ def _pct(value: float | None) -> float | None:
     return None if value is None else 100.0 * value
 
 
+def _with_ci(m: dict[str, Any], key: str, values: Sequence[float]) -> None:
+    """Set ``m[key]`` (mean ×100 of per-item values in [0, 1]) with its 95 % bootstrap CI ``key_lo``/``key_hi``."""
+    from carelab.stats import bootstrap_ci
+
+    est = bootstrap_ci([100.0 * float(v) for v in values])
+    m[key], m[f"{key}_lo"], m[f"{key}_hi"] = _pct(_mean(values)), est.lo, est.hi
+
+
+def _with_ratio_ci(m: dict[str, Any], key: str, hits: Sequence[int], totals: Sequence[int]) -> None:
+    """Set a share of quotes (sum of hits / sum of quotes ×100) with its CI from resampling items."""
+    from carelab.stats import ratio_ci
+
+    est = ratio_ci([100.0 * h for h in hits], totals)
+    m[key], m[f"{key}_lo"], m[f"{key}_hi"] = est.mean, est.lo, est.hi
+
+
+#: Metrics that carry ``<name>_lo`` / ``<name>_hi`` (95 % percentile bootstrap over items) in metrics.json/csv.
+CI_METRICS = ("f1", "em", "f1_lenient", "score", "f1_counterfactual", "f1_factual", "memorised_share",
+              "format_rate", "quote_exact_share", "quote_fuzzy_share", "quote_in_context_share")
+
+
 def aggregate(records: Sequence[dict], kind: str = "qa", care_style: bool = True) -> dict[str, Any]:
     """Metrics of one (method, dataset) pair from its prediction records (rates and F1 in percent).
 
     ``score`` is the paper's headline number for the file: counterfactual F1 on CofCA-shaped files (F1
     against the altered gold on the counterfactual items), LongBench ``qa_f1_score`` ×100 otherwise.
+    Every metric in ``CI_METRICS`` comes with a 95 % bootstrap interval over items (``_lo``/``_hi``, see
+    ``carelab.stats``); ``score_n`` is the number of items behind ``score``, ``item_scores`` the per-item
+    scores (×100, by id) that paired comparisons in the report resample, ``items_per_s`` the generation
+    throughput when the records carry their generation time.
     """
     n = len(records)
-    m: dict[str, Any] = {"n": n, "f1": _pct(_mean([r["f1"] for r in records])),
-                         "em": _pct(_mean([r["em"] for r in records])),
-                         "f1_lenient": _pct(_mean([r.get("f1_lenient", r["f1"]) for r in records])),
-                         "n_truncated": sum(1 for r in records if r.get("truncated"))}
+    m: dict[str, Any] = {"n": n}
+    _with_ci(m, "f1", [r["f1"] for r in records])
+    _with_ci(m, "em", [r["em"] for r in records])
+    _with_ci(m, "f1_lenient", [r.get("f1_lenient", r["f1"]) for r in records])
+    m["n_truncated"] = sum(1 for r in records if r.get("truncated"))
+    scored = records
     if kind == "counterfactual":
         cf = [r for r in records if r.get("counterfactual") is True]
         fa = [r for r in records if r.get("counterfactual") is False]
         with_orig = [r for r in cf if "memorised" in r]
-        m.update(n_counterfactual=len(cf), n_factual=len(fa),
-                 f1_counterfactual=_pct(_mean([r["f1"] for r in cf])),
-                 f1_factual=_pct(_mean([r["f1"] for r in fa])),
-                 memorised_share=_pct(_mean([float(r["memorised"]) for r in with_orig])))
-        m["score"] = m["f1_counterfactual"] if cf else m["f1"]
-    else:
-        m["score"] = m["f1"]
+        m.update(n_counterfactual=len(cf), n_factual=len(fa))
+        _with_ci(m, "f1_counterfactual", [r["f1"] for r in cf])
+        _with_ci(m, "f1_factual", [r["f1"] for r in fa])
+        _with_ci(m, "memorised_share", [float(r["memorised"]) for r in with_orig])
+        m["memorised_n"] = len(with_orig)
+        scored = cf if cf else records
+    _with_ci(m, "score", [r["f1"] for r in scored])
+    m["score_n"] = len(scored)
+    m["item_scores"] = {str(r["id"]): 100.0 * float(r["f1"]) for r in scored if "id" in r}
+    timed = [float(r["gen_seconds"]) for r in records if r.get("gen_seconds") is not None]
+    m["gen_seconds"] = round(sum(timed), 3) if timed else None
+    m["n_timed"] = len(timed)
+    m["items_per_s"] = len(timed) / sum(timed) if timed and sum(timed) > 0 else None
     if care_style:
-        quotes = [q for r in records for q in r.get("quotes", [])]
-        labels = [q["match"] for q in quotes]
-        nq = len(labels)
-        m.update(
-            format_rate=_pct(_mean([float(bool(r.get("well_formed"))) for r in records])),
-            quotes_per_item=(nq / n) if n else None,
-            quote_exact_share=_pct(labels.count("exact") / nq) if nq else None,
-            quote_fuzzy_share=_pct(labels.count("fuzzy") / nq) if nq else None,
-            quote_in_context_share=_pct((labels.count("exact") + labels.count("fuzzy")) / nq) if nq else None,
-            evidence_bleu=_mean([r.get("evidence_bleu") for r in records]),
-            evidence_rouge_l=_mean([r.get("evidence_rouge_l") for r in records]),
-        )
+        per_item = [[q["match"] for q in r.get("quotes", [])] for r in records]
+        nq = sum(len(labels) for labels in per_item)
+        totals = [len(labels) for labels in per_item]
+        _with_ci(m, "format_rate", [float(bool(r.get("well_formed"))) for r in records])
+        m.update(quotes_per_item=(nq / n) if n else None, n_quotes=nq)
+        _with_ratio_ci(m, "quote_exact_share", [labels.count("exact") for labels in per_item], totals)
+        _with_ratio_ci(m, "quote_fuzzy_share", [labels.count("fuzzy") for labels in per_item], totals)
+        _with_ratio_ci(m, "quote_in_context_share",
+                       [labels.count("exact") + labels.count("fuzzy") for labels in per_item], totals)
+        m.update(evidence_bleu=_mean([r.get("evidence_bleu") for r in records]),
+                 evidence_rouge_l=_mean([r.get("evidence_rouge_l") for r in records]))
     else:
-        m.update(format_rate=None, quotes_per_item=None, quote_exact_share=None, quote_fuzzy_share=None,
-                 quote_in_context_share=None, evidence_bleu=None, evidence_rouge_l=None)
+        m.update(quotes_per_item=None, n_quotes=None, evidence_bleu=None, evidence_rouge_l=None)
+        for key in ("format_rate", "quote_exact_share", "quote_fuzzy_share", "quote_in_context_share"):
+            m[key] = m[f"{key}_lo"] = m[f"{key}_hi"] = None
     return m
 
 
@@ -335,7 +369,7 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """
     import torch
 
-    from carelab.generation import GenerationSettings, chat_prompt_ids, generate_from_ids
+    from carelab.generation import GenerationSettings, chat_prompt_ids, generate_from_ids, merge_adapters
     from carelab.models import context_window, load_model
 
     _validate(config)
@@ -359,7 +393,9 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
             loaded.clear()
             device = config.device or ("cuda" if torch.cuda.is_available() else None)
             model, tok = load_model(config.model, adapter=adapter, dtype=config.dtype, device=device)
-            loaded.update(adapter=adapter, model=model, tok=tok)
+            # Evaluation never trains: fold the LoRA into the base weights (faster decoding, same tokens
+            # up to float rounding).
+            loaded.update(adapter=adapter, model=merge_adapters(model), tok=tok)
         return loaded["model"], loaded["tok"]
 
     # Prepare every pending prompt first (one truncation warning, one progress total).
@@ -400,28 +436,42 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   disable=not progress) as bar:
         task = bar.add_task("care eval", total=total)
+        # One generation call per method label over all its datasets: the continuous-batching engine keeps
+        # its rows full across files instead of draining at the end of each one.
+        by_label: dict[str, list[_Job]] = {}
         for job in jobs:
-            if not job.items:
-                continue
-            model, tok = model_for(job.spec.adapter)
+            if job.items:
+                by_label.setdefault(job.spec.name, []).append(job)
+        for label, label_jobs in by_label.items():
+            model, tok = model_for(label_jobs[0].spec.adapter)
             eos = _eos_strings(tok)
-            bar.update(task, description=f"{job.spec.name} · {job.dataset.name}")
-            items = sorted(job.items, key=lambda it: len(it[2]))
-            for start in range(0, len(items), config.batch_size):
-                chunk = items[start:start + config.batch_size]
-                texts = generate_from_ids(model, tok, [it[2] for it in chunk], settings)
-                for (ex, prepared, ids, truncated), raw in zip(chunk, texts, strict=True):
-                    rec = {"id": ex.id, "label": job.spec.name, "method": job.spec.method,
-                           "adapter": job.spec.adapter, "dataset": job.dataset.key, "question": ex.question,
-                           "answers": ex.answers, "raw": raw}
-                    rec.update(score_output(raw, ex, prepared.care_style, prepared.context, eos))
-                    rec.update(context=prepared.context, truncated=truncated, prompt_tokens=len(ids),
-                               info=prepared.info)
-                    gold_facts = ex.supporting_sentences()
-                    if gold_facts:
-                        rec["gold_facts"] = gold_facts
-                    job.appender.write(rec)
-                bar.advance(task, len(chunk))
+            bar.update(task, description=f"{label} · " + ", ".join(j.dataset.name for j in label_jobs))
+            items = [(job, item) for job in label_jobs for item in job.items]
+            saved: dict[int, float] = {-1: time.perf_counter()}  # item index -> when it was saved
+
+            def save(i: int, raw: str, items: list = items, eos: tuple = eos,
+                     saved: dict[int, float] = saved) -> None:
+                # Each record is saved the moment it is generated (a killed run loses only rows in flight);
+                # gen_seconds = time since the previous save, so they sum to the label's generation wall time.
+                now = time.perf_counter()
+                job, (ex, prepared, ids, truncated) = items[i]
+                rec = {"id": ex.id, "label": job.spec.name, "method": job.spec.method,
+                       "adapter": job.spec.adapter, "dataset": job.dataset.key, "question": ex.question,
+                       "answers": ex.answers, "raw": raw}
+                rec.update(score_output(raw, ex, prepared.care_style, prepared.context, eos))
+                rec.update(context=prepared.context, truncated=truncated, prompt_tokens=len(ids),
+                           info=prepared.info, gen_seconds=round(now - max(saved.values()), 4))
+                gold_facts = ex.supporting_sentences()
+                if gold_facts:
+                    rec["gold_facts"] = gold_facts
+                job.appender.write(rec)
+                saved[i] = now
+                bar.advance(task, 1)
+
+            texts = generate_from_ids(model, tok, [it[2] for _, it in items], settings, on_result=save)
+            for i, raw in enumerate(texts):
+                if i not in saved:  # a generator that returns its texts without reporting them one by one
+                    save(i, raw)
     loaded.clear()
 
     metrics = compute_metrics(replace(config, methods=all_methods), datasets, max_prompt)
@@ -455,5 +505,5 @@ def compute_metrics(config: EvalConfig, datasets: Sequence[DatasetFile], max_pro
                            for d in datasets],
               "results": rows}
     (out / "metrics.json").write_text(json.dumps(to_jsonable(result), indent=2) + "\n")
-    write_csv(out / "metrics.csv", rows)
+    write_csv(out / "metrics.csv", [{k: v for k, v in r.items() if k != "item_scores"} for r in rows])
     return result

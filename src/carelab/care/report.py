@@ -32,6 +32,9 @@ ABLATIONS = (
     (("nocurriculum", "nocurr"), "No curriculum"),
     (("care",), "CARE"),
 )
+#: How every interval in the report is made (stated once under the results table).
+CI_NOTE = ("Brackets: 95 % percentile-bootstrap interval over items (2000 resamples, seed 0); per-item n is "
+           "in the per-run details.")
 _ABLATION_MARKERS = {"sftonly", "sft", "noretrievalreward", "noretrieval", "noret", "nocurriculum", "nocurr"}
 
 
@@ -75,22 +78,60 @@ def _dataset_order(rows: Sequence[dict]) -> list[str]:
     return [n for n in PAPER_ORDER if n in names] + [n for n in names if n not in PAPER_ORDER]
 
 
+def _row_for(rows: Sequence[dict], label: str, ds: str) -> dict | None:
+    return next((r for r in rows if r["label"] == label and r.get("dataset_name", r["dataset"]) == ds), None)
+
+
 def _pivot(rows: Sequence[dict], metric: str, first_col: str = "Method") -> tuple[list[dict], list[str]]:
+    """Labels × datasets of ``metric`` plus ``Avg``; each cell also has ``<col>_lo``/``_hi``/``_n`` when known.
+
+    The Avg interval is a stratified bootstrap over the per-item scores of the datasets the row has
+    (``stats.mean_of_means_ci``), so it weighs datasets equally, as the Avg itself does.
+    """
+    from carelab.stats import mean_of_means_ci
+
     datasets = _dataset_order(rows)
     labels = list(dict.fromkeys(r["label"] for r in rows))
     table = []
     for label in labels:
         row: dict[str, Any] = {first_col: label}
-        vals = []
+        vals, items = [], []
         for ds in datasets:
-            v = next((r.get(metric) for r in rows if r["label"] == label
-                      and r.get("dataset_name", r["dataset"]) == ds), None)
+            r = _row_for(rows, label, ds) or {}
+            v = r.get(metric)
             row[ds] = v
+            row[f"{ds}_lo"], row[f"{ds}_hi"] = r.get(f"{metric}_lo"), r.get(f"{metric}_hi")
+            row[f"{ds}_n"] = r.get(f"{metric}_n", r.get("n")) if r else None
             if v is not None:
                 vals.append(v)
+                items.append(r.get("item_scores") if metric == "score" else None)
         row["Avg"] = sum(vals) / len(vals) if vals else None
+        row["Avg_lo"] = row["Avg_hi"] = None
+        if vals and all(isinstance(x, dict) and x for x in items):
+            est = mean_of_means_ci([list(x.values()) for x in items])
+            row["Avg_lo"], row["Avg_hi"], row["Avg_n"] = est.lo, est.hi, est.n
         table.append(row)
     return table, [first_col, *datasets, "Avg"]
+
+
+def with_ci(table: Sequence[dict], columns: Sequence[str], digits: int = 1) -> list[dict]:
+    """The table with every numeric cell rendered as ``42.9 [31.2, 54.0]`` (for Markdown and the console)."""
+    from carelab.stats import format_ci
+
+    out = []
+    for row in table:
+        cells = dict(row)
+        for col in columns:
+            value = row.get(col)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                cells[col] = format_ci(value, row.get(f"{col}_lo"), row.get(f"{col}_hi"), digits)
+        out.append(cells)
+    return out
+
+
+def ci_columns(columns: Sequence[str]) -> list[str]:
+    """CSV columns: each value column followed by its ``_lo``, ``_hi`` and ``_n``."""
+    return [columns[0]] + [c for col in columns[1:] for c in (col, f"{col}_lo", f"{col}_hi", f"{col}_n")]
 
 
 def main_table(rows: Sequence[dict]) -> tuple[list[dict], list[str]]:
@@ -113,6 +154,68 @@ def ablation_table(rows: Sequence[dict]) -> tuple[list[dict], list[str]] | None:
     return out, cols
 
 
+#: Reference rows of the paired comparisons (normalised labels -> name), as `carelab care reproduce` labels them.
+REFERENCES = ((("original", "baseline"), "Original"), (("sftonly", "sft"), "SFT-only"))
+
+
+def difference_table(rows: Sequence[dict]) -> list[dict]:
+    """Paired differences of the headline score: every method − Original and − SFT-only, per dataset and Avg.
+
+    Paired = the same items, each item's difference resampled (``stats.paired_difference_ci``); the Avg
+    difference is the stratified bootstrap of the per-dataset mean differences. Cells are
+    ``+3.1 [-2.0, 8.4]``; an interval that excludes 0 is marked ``*``. Needs ``item_scores`` in the runs'
+    metrics (``carelab care eval`` writes them; re-running it on an older run directory adds them).
+    """
+    from carelab.stats import format_ci, mean_of_means_ci, paired_difference_ci
+
+    datasets = _dataset_order(rows)
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    out = []
+    done: set[str] = set()
+    for keys, _name in REFERENCES:
+        ref = next((lb for lb in labels if _norm_label(lb) in keys), None)
+        if ref is None:
+            continue
+        done.add(ref)
+        for label in labels:
+            if label in done:
+                continue
+            cells: dict[str, Any] = {"Comparison": f"{label} − {ref}"}
+            diffs, ns = [], []
+            for ds in datasets:
+                a, b = _row_for(rows, label, ds), _row_for(rows, ref, ds)
+                sa, sb = (a or {}).get("item_scores"), (b or {}).get("item_scores")
+                common = [i for i in (sa or {}) if i in (sb or {})]
+                if not common:
+                    cells[ds] = None
+                    ns.append("–")
+                    continue
+                est = paired_difference_ci([sa[i] for i in common], [sb[i] for i in common])
+                d = [sa[i] - sb[i] for i in common]
+                cells[ds] = _marked(format_ci(est.mean, est.lo, est.hi, signed=True), est)
+                diffs.append(d)
+                ns.append(str(est.n))
+            if not diffs:
+                continue
+            est = mean_of_means_ci(diffs)
+            cells["Avg"] = _marked(format_ci(est.mean, est.lo, est.hi, signed=True), est)
+            cells["n (pairs)"] = " / ".join(ns)
+            out.append(cells)
+    return out
+
+
+def _marked(text: str, est) -> str:
+    """Append ``*`` when the interval excludes 0 (the items tell the two methods apart)."""
+    excludes_zero = est.lo is not None and (est.lo > 0 or est.hi < 0)
+    return f"{text} *" if excludes_zero else text
+
+
+def _ci(r: dict, key: str) -> str:
+    from carelab.stats import format_ci
+
+    return format_ci(r.get(key), r.get(f"{key}_lo"), r.get(f"{key}_hi"))
+
+
 def counterfactual_table(rows: Sequence[dict]) -> list[dict]:
     """Per method and counterfactual file: F1 on counterfactual items, on factual controls, memorised share."""
     out = []
@@ -121,8 +224,8 @@ def counterfactual_table(rows: Sequence[dict]) -> list[dict]:
             continue
         out.append({"Method": r["label"], "Dataset": r.get("dataset_name", r["dataset"]),
                     "n (cf / control)": f"{r.get('n_counterfactual', 0)} / {r.get('n_factual', 0)}",
-                    "F1 counterfactual": r.get("f1_counterfactual"), "F1 factual control": r.get("f1_factual"),
-                    "Answered from memory %": r.get("memorised_share")})
+                    "F1 counterfactual": _ci(r, "f1_counterfactual"), "F1 factual control": _ci(r, "f1_factual"),
+                    "Answered from memory %": _ci(r, "memorised_share")})
     return out
 
 
@@ -132,11 +235,23 @@ def grounding_table(rows: Sequence[dict]) -> list[dict]:
     for r in rows:
         if r.get("format_rate") is None:
             continue
-        out.append({"Method": r["label"], "Dataset": r.get("dataset_name", r["dataset"]),
-                    "Format %": r.get("format_rate"), "Quotes/answer": r.get("quotes_per_item"),
-                    "Exact %": r.get("quote_exact_share"), "Fuzzy %": r.get("quote_fuzzy_share"),
-                    "In context %": r.get("quote_in_context_share"),
+        out.append({"Method": r["label"], "Dataset": r.get("dataset_name", r["dataset"]), "n": r.get("n"),
+                    "Format %": _ci(r, "format_rate"), "Quotes/answer": r.get("quotes_per_item"),
+                    "Exact %": _ci(r, "quote_exact_share"), "Fuzzy %": _ci(r, "quote_fuzzy_share"),
+                    "In context %": _ci(r, "quote_in_context_share"),
                     "Evidence BLEU": r.get("evidence_bleu"), "Evidence ROUGE-L": r.get("evidence_rouge_l")})
+    return out
+
+
+def throughput_table(rows: Sequence[dict]) -> list[dict]:
+    """Generation throughput per method label (items generated / seconds, summed over its datasets)."""
+    out = []
+    for label in dict.fromkeys(r["label"] for r in rows):
+        mine = [r for r in rows if r["label"] == label and r.get("gen_seconds")]
+        seconds = sum(float(r["gen_seconds"]) for r in mine)
+        items = sum(int(r.get("n_timed") or 0) for r in mine)
+        if items and seconds > 0:
+            out.append({"Method": label, "items": items, "seconds": seconds, "items/s": items / seconds})
     return out
 
 
@@ -151,11 +266,16 @@ def bar_chart(table: Sequence[dict], columns: Sequence[str], path: str | Path, y
     x = np.arange(len(groups))
     for i, row in enumerate(table):
         vals = [row.get(g) if row.get(g) is not None else 0.0 for g in groups]
-        ax.bar(x + (i - (n - 1) / 2) * width, vals, width, label=str(row[columns[0]]))
+        # 95 % bootstrap intervals as error bars (zero-length where a cell has none).
+        pairs = list(zip(groups, vals, strict=True))
+        err = [[max(0.0, v - row[f"{g}_lo"]) if row.get(f"{g}_lo") is not None else 0.0 for g, v in pairs],
+               [max(0.0, row[f"{g}_hi"] - v) if row.get(f"{g}_hi") is not None else 0.0 for g, v in pairs]]
+        ax.bar(x + (i - (n - 1) / 2) * width, vals, width, yerr=err, capsize=2, label=str(row[columns[0]]))
     ax.set_xticks(x)
     ax.set_xticklabels(groups)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, max(5.0, max((row.get(g) or 0.0) for row in table for g in groups) * 1.15) if table else 100)
+    top = max(max(row.get(f"{g}_hi") or 0.0, row.get(g) or 0.0) for row in table for g in groups) if table else 0.0
+    ax.set_ylim(0, max(5.0, top * 1.15) if table else 100)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, path)
@@ -186,7 +306,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, max_viewer
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table, cols = main_table(rows)
-    paths = {"csv": write_csv(out / "results.csv", table, cols)}
+    paths = {"csv": write_csv(out / "results.csv", table, ci_columns(cols))}
     paths["png"] = bar_chart(table, cols, out / "scores.png") if table else None
     paths["viewer"] = write_viewer(viewer_records(rows, max_viewer_examples), out / "viewer.html")
 
@@ -195,11 +315,19 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, max_viewer
           "## Results (F1 ×100)", "",
           "QA F1 is LongBench's `qa_f1_score` (max over gold answers) ×100; on counterfactual (CofCA-shaped) "
           "files the number is F1 against the altered gold on the counterfactual items. Avg is the mean over "
-          "the datasets shown.", "",
-          markdown_table(table, cols)]
+          f"the datasets shown. {CI_NOTE}", "",
+          markdown_table(with_ci(table, cols), cols)]
+    diff = difference_table(rows)
+    if diff:
+        md += ["## Paired differences (F1 ×100)", "",
+               "Each method minus the reference on the *same* items: the per-item differences are resampled "
+               "jointly (paired bootstrap, 2000 resamples), which removes the item difficulty both methods share; "
+               "Avg resamples within each dataset. `*` = the 95 % interval excludes 0, i.e. these items tell the "
+               "two apart; otherwise the difference may be noise.", "",
+               markdown_table(diff)]
     abl = ablation_table(rows)
     if abl:
-        md += ["## Ablation (paper Table 3 layout)", "", markdown_table(abl[0], abl[1])]
+        md += ["## Ablation (paper Table 3 layout)", "", markdown_table(with_ci(abl[0], abl[1]), abl[1])]
     cf = counterfactual_table(rows)
     if cf:
         md += ["## Counterfactual fidelity", "",
@@ -210,17 +338,23 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, max_viewer
     if gr:
         md += ["## Format and evidence grounding (CARE-format methods)", "",
                "Quotes are matched against the prompt the model saw: exact = case-sensitive substring; fuzzy = a "
-               "same-length word window with difflib ratio ≥ 0.85 (the official retrieval-reward rule). Evidence "
+               "same-length word window with difflib ratio ≥ 0.85 (the official retrieval-reward rule). Quote "
+               "shares are over all quotes, their intervals from resampling items. Evidence "
                "BLEU/ROUGE-L compare the quotes with the gold supporting facts where the data labels them.", "",
                markdown_table(gr)]
     details = [{"Method": r["label"], "Dataset": r.get("dataset_name", r["dataset"]), "n": r.get("n"),
-                "F1": r.get("f1"), "EM": r.get("em"), "F1 lenient": r.get("f1_lenient"),
-                "truncated": r.get("n_truncated")} for r in rows]
+                "F1": _ci(r, "f1"), "EM": _ci(r, "em"), "F1 lenient": _ci(r, "f1_lenient"),
+                "truncated": r.get("n_truncated"), "items/s": r.get("items_per_s")} for r in rows]
     md += ["## Per-run details", "",
            "F1 lenient (a diagnostic, not the protocol): a CARE-format output without `Answer:` is read like a "
            "plain answer (first line after the reasoning), separating wrong answers from right answers in the "
-           "wrong format.", "", markdown_table(details),
-           "", "![scores](scores.png)" if paths["png"] else "",
+           "wrong format. items/s = generated items per second of generation wall time.", "",
+           markdown_table(details)]
+    speed = throughput_table(rows)
+    if speed:
+        md += ["## Throughput", "", "Generation wall time summed over a method's datasets (all runs resumed "
+               "into the directory).", "", markdown_table(speed)]
+    md += ["", "![scores](scores.png)" if paths["png"] else "",
            "", f"Evidence viewer: [viewer.html](viewer.html) (open in a browser; file `{paths['viewer']}`)", ""]
     paths["markdown"] = out / "report.md"
     paths["markdown"].write_text("\n".join(md))
@@ -228,10 +362,13 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, max_viewer
 
 
 def results_text(run_dirs: Sequence[str | Path]) -> str:
-    """The main table as Markdown (for printing at the end of a command)."""
-    table, cols = main_table(collect_rows(run_dirs))
-    return markdown_table(table, cols)
+    """The main table (with 95 % intervals) and the paired differences as Markdown, for the console."""
+    rows = collect_rows(run_dirs)
+    table, cols = main_table(rows)
+    text = markdown_table(with_ci(table, cols), cols)
+    diff = difference_table(rows)
+    return text + ("\nPaired differences (* = 95 % interval excludes 0):\n\n" + markdown_table(diff) if diff else "")
 
 
 __all__ = ["write_report", "results_text", "main_table", "ablation_table", "counterfactual_table",
-           "grounding_table", "collect_rows", "load_run"]
+           "grounding_table", "difference_table", "throughput_table", "with_ci", "collect_rows", "load_run"]

@@ -1,0 +1,168 @@
+"""CARE evaluation throughput: the old engine (one ``generate`` per padded batch) vs what ``care eval`` uses now.
+
+Why: evaluation time bounds how many items a CPU run can afford, and items bound how tight the bootstrap
+intervals are. Same items, same prompts (built exactly as ``care eval`` builds them), greedy decoding;
+each setting runs in its own subprocess so its peak RSS is its own. Prints items/s (wall and per CPU
+second, the latter robust to a shared machine), the ratio to the old engine, peak RSS, and how many
+scored predictions / raw outputs differ from the old engine's (they should not, up to float rounding).
+Goal: ≥ 2× items/s.
+
+    python benchmarks/eval_throughput.py                     # 24 items (12 multi-hop + 12 counterfactual)
+    python benchmarks/eval_throughput.py --n 12 --method original --configs old,new
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+#: name -> (continuous engine, batch size override or None for --batch-size, merge LoRA into the base,
+#: one generate call per batch of each file as `care eval` did before, instead of one call per method)
+CONFIGS = {
+    "old": (False, None, False, True),           # the eval loop before: generate per padded batch per file
+    "new": (True, None, True, False),            # what `care eval` does now at the same --batch-size
+    "new-unmerged": (True, None, False, False),  # attribution: without merging the LoRA
+    "new-b16": (True, 16, True, False),          # more rows in flight (continuous batching makes this cheap)
+}
+
+
+def make_data(folder: Path, n: int, seed: int) -> list[str]:
+    """Half multi-hop (HotpotQA-shaped, 300 words), half counterfactual (CofCA-shaped, 400 words): cpu-full's test sets."""
+    from carelab.care import synth
+
+    return [str(synth.write("hotpotqa", n - n // 2, seed, folder / "multihop.json", split="test", context_words=300)),
+            str(synth.write("cofca", n // 2, seed, folder / "counterfactual.jsonl", split="test", context_words=400))]
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Run one setting and print a JSON line: timings, peak RSS, raw outputs and scored predictions."""
+    import torch
+
+    from carelab.care import baselines
+    from carelab.care import format as care_format
+    from carelab.care.evaluate import load_datasets, score_output
+    from carelab.care.shipped import bundled_folder
+    from carelab.generation import GenerationSettings, chat_prompt_ids, generate_from_ids, merge_adapters
+    from carelab.models import context_window, load_model
+
+    continuous, batch, merge, per_file = CONFIGS[args.worker]
+    torch.manual_seed(0)
+    adapter = None if args.method != "care" else (args.adapter or str(bundled_folder()))
+    model, tok = load_model(args.model, adapter=adapter, dtype=args.dtype)
+    if merge:
+        model = merge_adapters(model)
+    max_prompt = max(64, context_window(model, tok) - args.max_new_tokens)
+    items, files = [], []
+    for ds in load_datasets(args.data):
+        files.append(len(ds.examples))
+        for ex in ds.examples:
+            prepared = baselines.build_prompt(args.method, ex)
+            ctx, _ = care_format.fit_context(tok, prepared.context, prepared.question, max_prompt,
+                                             prepared.system_prompt)
+            prepared.context = ctx
+            ids = chat_prompt_ids(tok, care_format.build_messages(ctx, prepared.question, prepared.system_prompt))
+            items.append((ex, prepared, ids))
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=batch or args.batch_size,
+                                  continuous=continuous)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    prompts = [it[2] for it in items]
+    if per_file:  # the old loop: per file, items sorted by length, one call per batch
+        raws, start = [""] * len(items), 0
+        for size in files:
+            order = sorted(range(start, start + size), key=lambda i: len(prompts[i]))
+            for b in range(0, size, settings.batch_size):
+                chunk = order[b:b + settings.batch_size]
+                for i, text in zip(chunk, generate_from_ids(model, tok, [prompts[i] for i in chunk], settings),
+                                   strict=True):
+                    raws[i] = text
+            start += size
+    else:
+        raws = generate_from_ids(model, tok, prompts, settings)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    eos = (tok.eos_token,) if tok.eos_token else ()
+    preds = [score_output(raw, ex, prep.care_style, prep.context, eos)["prediction"]
+             for (ex, prep, _), raw in zip(items, raws, strict=True)]
+    out_tokens = sum(len(tok.encode(r, add_special_tokens=False)) for r in raws)
+    print(json.dumps({"config": args.worker, "batch": settings.batch_size, "continuous": continuous, "merged": merge,
+                      "calls": "per batch per file" if per_file else "one per method",
+                      "items": len(items), "wall_s": wall, "cpu_s": cpu, "out_tokens": out_tokens,
+                      "prompt_tokens": sum(len(it[2]) for it in items),
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "raws": raws, "predictions": preds}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=24, help="items (half multi-hop, half counterfactual)")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--method", default="care", help="care (bundled CARE adapter), care-prompt or original")
+    ap.add_argument("--adapter", default=None, help="adapter for --method care (default: the bundled one)")
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--max-new-tokens", type=int, default=224, help="cpu-full's eval setting")
+    ap.add_argument("--batch-size", type=int, default=10, help="cpu-full's eval setting")
+    ap.add_argument("--configs", default="old,new", help=f"comma-separated, first is the reference: {','.join(CONFIGS)}")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per setting (1: CPU time ≈ wall time)")
+    ap.add_argument("--worker", choices=list(CONFIGS), help=argparse.SUPPRESS)
+    ap.add_argument("--data", nargs="*", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        worker(args)
+        return
+
+    from carelab.report import markdown_table
+
+    names = [c for c in args.configs.split(",") if c]
+    unknown = [c for c in names if c not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown config(s) {unknown}; choose from {list(CONFIGS)}")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_data(Path(tmp), args.n, args.seed)
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        for name in names:
+            cmd = [sys.executable, __file__, "--worker", name, "--data", *data, "--method", args.method,
+                   "--model", args.model, "--dtype", args.dtype, "--max-new-tokens", str(args.max_new_tokens),
+                   "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+            if args.adapter:
+                cmd += ["--adapter", args.adapter]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                sys.exit(f"setting {name} failed:\n{proc.stderr[-3000:]}")
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"{name}: {results[-1]['wall_s']:.1f} s wall, {results[-1]['cpu_s']:.1f} s CPU", file=sys.stderr)
+    ref = results[0]
+    rows = []
+    for r in results:
+        same_pred = sum(a == b for a, b in zip(r["predictions"], ref["predictions"], strict=True))
+        same_raw = sum(a == b for a, b in zip(r["raws"], ref["raws"], strict=True))
+        rows.append({"setting": r["config"], "engine": "continuous" if r["continuous"] else "generate/batch",
+                     "calls": r["calls"], "batch": r["batch"], "LoRA merged": "yes" if r["merged"] else "no", "items": r["items"],
+                     "wall s": r["wall_s"], "items/s": r["items"] / r["wall_s"],
+                     "ratio (wall)": ref["wall_s"] / r["wall_s"], "items/CPU-s": r["items"] / r["cpu_s"],
+                     "ratio (CPU)": ref["cpu_s"] / r["cpu_s"], "peak RSS MB": r["peak_rss_mb"],
+                     "same prediction": f"{same_pred}/{r['items']}", "same raw": f"{same_raw}/{r['items']}"})
+    print(f"method {args.method}, {args.n} items, max_new_tokens {args.max_new_tokens}, "
+          f"{ref['prompt_tokens'] / ref['items']:.0f} prompt tokens/item, "
+          f"{ref['out_tokens'] / ref['items']:.0f} output tokens/item (reference), threads {args.threads}\n")
+    print(markdown_table(rows, digits=2))
+    for r in results[1:]:
+        for i, (a, b) in enumerate(zip(ref["raws"], r["raws"], strict=True)):
+            if a != b:
+                k = next((j for j in range(min(len(a), len(b))) if a[j] != b[j]), min(len(a), len(b)))
+                print(f"{r['config']} item {i}: first difference at character {k}: "
+                      f"{a[max(0, k - 40):k + 40]!r} vs {b[max(0, k - 40):k + 40]!r}")
+
+
+if __name__ == "__main__":
+    main()
