@@ -118,3 +118,13 @@ def test_signal_enum_still_has_its_value_map():
     import signal
 
     assert signal.SIGKILL in signal.Signals._value2member_map_
+
+
+def test_fused_lm_head_still_reads_its_tile_size_from_the_module_constant():
+    """carelab.care.train tiles TRL's fused LM head finely on CPU by lowering this private constant."""
+    import inspect
+
+    from trl.trainer import utils as trl_utils
+
+    assert isinstance(trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE, int)
+    assert "_CHUNKED_LOGPROB_CHUNK_SIZE" in inspect.getsource(trl_utils.add_fused_lm_head)

@@ -139,3 +139,16 @@ def test_trl_option_reaches_the_trainer(data, tmp_path):
     run_grpo(_cfg(data, out, beta=0.0, trl={"scale_rewards": "batch"}))
     saved = json.loads((out / "grpo_config.json").read_text())
     assert saved["trl"] == {"scale_rewards": "batch"}
+
+
+def test_cli_trl_flags_are_checked_by_name(data, tmp_path):
+    from typer.testing import CliRunner
+
+    from carelab.cli import app
+
+    runner = CliRunner()
+    bad = runner.invoke(app, ["care", "grpo", "--easy", data["easy"], "--out", str(tmp_path / "g"), "--model", TINY,
+                              "--trl", "loss_typ=dapo"])
+    assert bad.exit_code == 2 and "did you mean loss_type" in bad.output
+    malformed = runner.invoke(app, ["care", "sft", "--data", "x.jsonl", "--out", str(tmp_path / "s"), "--trl", "oops"])
+    assert malformed.exit_code == 2 and "key=value" in malformed.output

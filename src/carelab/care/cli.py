@@ -179,6 +179,25 @@ def _preset_section(preset: str | None, section: str) -> tuple[dict, str]:
     return load_preset(preset).get(section) or {}, preset
 
 
+TRL_HELP = ("Any field of TRL's {cls} as key=value (repeatable; values read as YAML), e.g. {example}. "
+            "A preset sets them under `trl:`; unknown names fail before loading.")
+
+
+def _trl_pairs(pairs: list[str] | None, section: dict) -> dict | None:
+    """``--trl key=value`` flags merged over the preset's ``trl:`` mapping (None when neither sets any)."""
+    import yaml
+
+    if not pairs:
+        return None
+    merged = dict(section.get("trl") or {})
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise fail(f"--trl expects key=value, got {pair!r}")
+        merged[key.strip()] = yaml.safe_load(value)
+    return merged
+
+
 def _run_user_job(fn, cfg):
     """Run a training job, turning user errors into one-line messages (finished checkpoints stay on disk)."""
     from carelab.models import ModelSpecError
@@ -211,6 +230,8 @@ def sft_command(
     seed: int | None = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
     report_to: str | None = typer.Option(None, "--report-to", help="tensorboard (default), wandb, none, …"),
+    trl: list[str] = typer.Option(None, "--trl", help=TRL_HELP.format(cls="SFTConfig",
+                                                                    example="--trl lr_scheduler_type=linear")),
 ) -> None:
     """SFT on CARE-format reasoning traces (loss on the assistant turn only)."""
     from carelab.care.train import SFTRunConfig, run_sft
@@ -220,7 +241,7 @@ def sft_command(
     overrides = dict(data=data or None, out=out, model=model, adapter=adapter, epochs=epochs, max_steps=max_steps,
                      lr=lr, batch_size=batch_size, grad_accum=grad_accum, lora_r=lora_r, lora_alpha=lora_alpha,
                      max_length=max_length, eval_fraction=eval_fraction, early_stopping_patience=early_stopping,
-                     save_steps=save_steps, seed=seed, resume=resume or None,
+                     save_steps=save_steps, seed=seed, resume=resume or None, trl=_trl_pairs(trl, section),
                      report_to=None if report_to is None else ([] if report_to == "none" else report_to.split(",")))
     try:
         cfg = build_config(SFTRunConfig, {k: v for k, v in section.items() if k != "data"}, overrides, source)
@@ -263,8 +284,20 @@ def grpo_command(
     resume: bool = typer.Option(False, "--resume"),
     use_vllm: bool = typer.Option(False, "--use-vllm", help="vLLM rollouts (GPU; `pip install vllm`)."),
     report_to: str | None = typer.Option(None, "--report-to"),
+    num_iterations: int | None = typer.Option(None, "--num-iterations",
+                                              help="Updates per generated group (GRPO's μ; >1 reuses rollouts)."),
+    heldout_prompts: int | None = typer.Option(None, "--heldout-prompts",
+                                               help="Keep N prompts out of training; score them every --heldout-steps."),
+    heldout_steps: int | None = typer.Option(None, "--heldout-steps"),
+    trl: list[str] = typer.Option(None, "--trl", help=TRL_HELP.format(cls="GRPOConfig",
+                                                                    example="--trl loss_type=dr_grpo")),
 ) -> None:
-    """GRPO with the accuracy/format/retrieval rewards and the easy→hard curriculum."""
+    """GRPO with the accuracy/format/retrieval rewards and the easy→hard curriculum.
+
+    β = 0 (--beta 0) loads and runs no reference model. Every other TRL GRPOConfig field (loss_type,
+    scale_rewards, epsilon_high, mask_truncated_completions, vllm_mode, log_completions, …) is reachable
+    with --trl key=value or a preset's `trl:` mapping.
+    """
     from carelab.care.train import GRPORunConfig, run_grpo
     from carelab.presets import build_config
 
@@ -285,6 +318,8 @@ def grpo_command(
                      retrieval_reward=False if no_retrieval_reward else None,
                      curriculum=False if no_curriculum else None, p_max=p_max, ramp_steps=ramp_steps, limit=limit,
                      save_steps=save_steps, seed=seed, resume=resume or None, use_vllm=use_vllm or None,
+                     num_iterations=num_iterations, heldout_prompts=heldout_prompts, heldout_steps=heldout_steps,
+                     trl=_trl_pairs(trl, section),
                      report_to=None if report_to is None else ([] if report_to == "none" else report_to.split(",")))
     try:
         cfg = build_config(GRPORunConfig, {k: v for k, v in section.items() if k != "data"}, overrides, source)

@@ -221,6 +221,20 @@ def _silence_upstream_deprecations() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
+#: tokens per tile of TRL's fused log-prob LM head on CPU: its default (32k) materialises the logits of a
+#: whole batch at once (4 × 1024 tokens × 49k vocabulary = 0.8 GB, several copies in backward)
+CPU_LOGPROB_CHUNK = 1024
+
+
+def _bound_lm_head_memory() -> None:
+    """On CPU, tile TRL's fused LM head finely (a private constant, guarded by tests/test_upstream_contracts.py)."""
+    if _has_gpu():
+        return
+    from trl.trainer import utils as trl_utils
+
+    trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = min(trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE, CPU_LOGPROB_CHUNK)
+
+
 def _quiet_progress(trainer) -> None:
     """Keep the tqdm bar but drop its printing of TRL's raw log dicts: the one-line summary says it once."""
     from transformers.trainer_callback import ProgressCallback
@@ -262,6 +276,7 @@ def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> dict:
 
     trl_options(SFTConfig, cfg.trl, {})  # a misspelt TRL option fails before anything is loaded
     _silence_upstream_deprecations()
+    _bound_lm_head_memory()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out, "sft_config.json")
@@ -376,6 +391,7 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
                          f"group size ({cfg.num_generations})")
     trl_options(GRPOConfig, cfg.trl, {})  # a misspelt TRL option fails before anything is loaded
     _silence_upstream_deprecations()
+    _bound_lm_head_memory()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out, "grpo_config.json")
