@@ -80,3 +80,17 @@ def test_cache_room_regrows(tiny_qwen, monkeypatch):
     model, tok = tiny_qwen
     old, new = _both(model, tok, _prompts(7, seed=2), batch_size=3, max_new_tokens=11)
     assert new == old
+
+
+def test_shared_prefix_is_prefilled_once(tiny_qwen):
+    """Prompts sharing a long prefix (a system prompt) reuse its KV; the tokens match ``generate``'s."""
+    from carelab.generation import MIN_SHARED_PREFIX, _shared_prefix
+
+    model, tok = tiny_qwen
+    common = _prompts(1, seed=4)[0][:3] * 20  # 60 tokens every prompt starts with
+    prompts = [common + p for p in _prompts(6, seed=5)]
+    assert len(_shared_prefix(prompts)) >= MIN_SHARED_PREFIX
+    old, new = _both(model, tok, prompts, batch_size=4, max_new_tokens=7)
+    assert new == old
+    assert _shared_prefix([common, common]) == common[:-1]  # every prompt keeps a token of its own
+    assert _shared_prefix([common]) == [] and _shared_prefix([[1, 2], [1, 3]]) == []

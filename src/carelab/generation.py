@@ -172,6 +172,8 @@ class _ContinuousGreedy:
         if "logits_to_keep" not in params or not ({"cache", "past_key_values"} & set(params)):
             raise _Unsupported
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.prefix = _shared_prefix(prompts)
+        self.prefix_kv: list | None = None
 
     # ------------------------------------------------------------------ model calls
     def _forward(self, input_ids, cache=None, **kwargs):
@@ -189,13 +191,19 @@ class _ContinuousGreedy:
             raise _Unsupported
         return layers
 
-    def _cache(self, data: list) -> Any:
-        """A ``DynamicCache`` whose layers append into preallocated room (see ``_slack_layer_class``)."""
+    def _prefill(self, ids: list[int]):
+        """Logits after ``ids`` and its cache; the prompts' shared prefix (e.g. the system prompt) is computed once."""
+        import torch
         from transformers import DynamicCache
 
-        cache = DynamicCache()
-        cache.layers = [_slack_layer_class()(k, v) for k, v in data]
-        return cache
+        n = len(self.prefix)
+        if not n:
+            return self._forward(torch.tensor([ids], dtype=torch.long, device=self.device))
+        if self.prefix_kv is None:
+            _, cache = self._forward(torch.tensor([self.prefix], dtype=torch.long, device=self.device))
+            self.prefix_kv = [(layer.keys, layer.values) for layer in self._layers(cache)]
+        suffix = torch.tensor([ids[n:]], dtype=torch.long, device=self.device)
+        return self._forward(suffix, DynamicCache(self.prefix_kv))
 
     # ------------------------------------------------------------------ bookkeeping
     def _finish(self, row: _Row) -> None:
@@ -225,8 +233,7 @@ class _ContinuousGreedy:
                 joined: list[tuple[_Row, list]] = []
                 for _ in range(min(free, len(queue))):
                     i = queue.popleft()
-                    ids = torch.tensor([self.prompts[i]], dtype=torch.long, device=self.device)
-                    logits, new = self._forward(ids)
+                    logits, new = self._prefill(self.prompts[i])
                     kv = [(layer.keys, layer.values) for layer in self._layers(new)]  # checked before any result
                     row = _Row(i, [int(logits[0].argmax())])
                     if self._done(row):
@@ -267,22 +274,51 @@ class _ContinuousGreedy:
         return mask[:, first:]
 
     def _join(self, cache, mask, joined, F):
-        """Left-pad the running cache and the new rows' prefill caches to one width and stack them."""
+        """Stack the running cache and the new rows' prefill caches, left-padded to one width.
+
+        Built layer by layer, each old layer released as soon as it is copied, so joining never holds
+        more than one extra layer (peak memory stays ≈ one cache).
+        """
         import torch
+        from transformers import DynamicCache
 
         width = max([mask.shape[1]] + [kv[0][0].shape[2] for _, kv in joined])
         masks = [F.pad(mask, (width - mask.shape[1], 0))] if cache is not None else []
         masks += [F.pad(mask.new_ones((1, kv[0][0].shape[2])), (width - kv[0][0].shape[2], 0)) for _, kv in joined]
-        old = [(layer.keys, layer.values) for layer in self._layers(cache)] if cache is not None else None
-        data = []
+        old = self._layers(cache) if cache is not None else []
+        layers = []
         for li in range(len(joined[0][1])):
-            parts_k = [old[li][0]] if old else []
-            parts_v = [old[li][1]] if old else []
-            parts_k += [kv[li][0] for _, kv in joined]
-            parts_v += [kv[li][1] for _, kv in joined]
-            data.append((torch.cat([F.pad(t, (0, 0, width - t.shape[2], 0)) for t in parts_k], dim=0),
-                         torch.cat([F.pad(t, (0, 0, width - t.shape[2], 0)) for t in parts_v], dim=0)))
-        return self._cache(data), torch.cat(masks, dim=0)
+            parts = [(old[li].keys, old[li].values)] if old else []
+            parts += [kv[li] for _, kv in joined]
+            layers.append(_slack_layer_class().stacked(parts, width))
+            if old:
+                old[li].release()
+            for _, kv in joined:
+                kv[li] = None
+        new_cache = DynamicCache()
+        new_cache.layers = layers
+        return new_cache, torch.cat(masks, dim=0)
+
+
+#: A prefix shared by every prompt is prefilled once when it is at least this long (tokens).
+MIN_SHARED_PREFIX = 32
+
+
+def _shared_prefix(prompts: Sequence[list[int]]) -> list[int]:
+    """The token prefix all prompts share (a chat template + system prompt), leaving each ≥ 1 token of its own.
+
+    >>> _shared_prefix([[1] * 40 + [2, 3], [1] * 40 + [4]]) == [1] * 40
+    True
+    """
+    if len(prompts) < 2:
+        return []
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+    return list(first[:n]) if n >= MIN_SHARED_PREFIX else []
 
 
 _SLACK_LAYER: type | None = None
@@ -303,10 +339,27 @@ def _slack_layer_class() -> type:
     class SlackLayer(DynamicLayer):
         room = 128
 
-        def __init__(self, keys, values) -> None:
-            super().__init__()
-            self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
-            self.reset_to(keys, values)
+        @classmethod
+        def stacked(cls, parts: list, width: int) -> SlackLayer:
+            """One layer holding ``parts`` ((keys, values) of several rows each) stacked on the batch axis,
+            each left-padded with zeros to ``width`` tokens (padding is masked; zeros keep it finite)."""
+            keys0, values0 = parts[0]
+            layer = cls()
+            layer.dtype, layer.device, layer.is_initialized = keys0.dtype, keys0.device, True
+            rows, heads = sum(k.shape[0] for k, _ in parts), keys0.shape[1]
+            layer._kbuf = keys0.new_zeros((rows, heads, width + cls.room, keys0.shape[-1]))
+            layer._vbuf = values0.new_zeros((rows, heads, width + cls.room, values0.shape[-1]))
+            r = 0
+            for k, v in parts:
+                layer._kbuf[r:r + k.shape[0], :, width - k.shape[2]:width] = k
+                layer._vbuf[r:r + v.shape[0], :, width - v.shape[2]:width] = v
+                r += k.shape[0]
+            layer.keys, layer.values = layer._kbuf[:, :, :width], layer._vbuf[:, :, :width]
+            return layer
+
+        def release(self) -> None:
+            """Drop this layer's tensors (it has been copied into a new cache)."""
+            self._kbuf = self._vbuf = self.keys = self.values = None
 
         def reset_to(self, keys, values, room: int | None = None) -> None:
             """Hold exactly ``keys``/``values`` (copied), with room for more tokens after them."""
