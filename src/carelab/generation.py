@@ -75,10 +75,14 @@ def merge_adapters(model):
     CPU decoding time for SmolLM2). Same outputs up to float rounding. Returns ``model`` unchanged when it
     has no adapter or PEFT cannot merge it; never call it on a model that is still being trained.
     """
+    import warnings
+
     if not hasattr(model, "merge_and_unload"):
         return model
     try:
-        return model.merge_and_unload()
+        with warnings.catch_warnings():  # PEFT trips transformers' own deprecation notices while merging
+            warnings.simplefilter("ignore", FutureWarning)
+            return model.merge_and_unload()
     except (ValueError, NotImplementedError, AttributeError, TypeError):
         return model
 
