@@ -224,7 +224,6 @@ class _ContinuousGreedy:
     # ------------------------------------------------------------------ main loop
     def run(self) -> list[str]:
         import torch
-        import torch.nn.functional as F
 
         batch = max(1, self.settings.batch_size)
         queue = deque(sorted(range(len(self.prompts)), key=lambda i: len(self.prompts[i])))
@@ -245,7 +244,7 @@ class _ContinuousGreedy:
                         continue
                     joined.append((row, kv))
                 if joined:
-                    cache, mask = self._join(cache, mask, joined, F)
+                    cache, mask = self._join(cache, mask, joined)
                     rows += [row for row, _ in joined]
                 continue
             # One decode step for every row in flight: feed each row's last token.
@@ -277,13 +276,14 @@ class _ContinuousGreedy:
                            layer.values.index_select(0, index)[:, :, first:])
         return mask[:, first:]
 
-    def _join(self, cache, mask, joined, F):
+    def _join(self, cache, mask, joined: list) -> tuple[Any, Any]:
         """Stack the running cache and the new rows' prefill caches, left-padded to one width.
 
         Built layer by layer, each old layer released as soon as it is copied, so joining never holds
         more than one extra layer (peak memory stays ≈ one cache).
         """
         import torch
+        import torch.nn.functional as F
         from transformers import DynamicCache
 
         width = max([mask.shape[1]] + [kv[0][0].shape[2] for _, kv in joined])
