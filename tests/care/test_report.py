@@ -162,3 +162,15 @@ def test_same_label_in_two_runs_is_disambiguated(tmp_path, monkeypatch):
     shutil.copytree(runs[0], copy)
     labels = list(dict.fromkeys(r["label"] for r in collect_rows([runs[0], str(copy)])))
     assert labels == ["original", "original [copy]"]
+
+
+def test_runs_without_intervals_still_render(tmp_path, monkeypatch):
+    """metrics.json written before the CI fields existed: plain means, no paired-difference section."""
+    runs = _runs(tmp_path, monkeypatch)
+    path = Path(runs[0]) / "metrics.json"
+    data = json.loads(path.read_text())
+    data["results"] = [{k: v for k, v in r.items() if not k.endswith(("_lo", "_hi")) and k != "item_scores"}
+                       for r in data["results"]]
+    path.write_text(json.dumps(data))
+    md = write_report([runs[0]], tmp_path / "old")["markdown"].read_text()
+    assert "| original | 50.0 | 0.0 | 25.0 |" in md and "## Paired differences" not in md
