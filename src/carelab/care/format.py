@@ -8,7 +8,6 @@ here each rule is a few forward ``str.find`` scans with the same results, tested
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -229,5 +228,7 @@ def fit_context(tokenizer, context: str, question: str, max_prompt_tokens: int,
 
 def warn_truncated(n_before: int, n_after: int, where: str = "") -> None:
     """One warning for a middle-truncated context."""
-    warnings.warn(f"context{(' of ' + where) if where else ''} truncated in the middle from {n_before} to "
-                  f"{n_after} characters so the question fits the model's window", stacklevel=2)
+    from carelab.runs import warn
+
+    warn(f"context{(' of ' + where) if where else ''} truncated in the middle from {n_before} to "
+         f"{n_after} characters so the question fits the model's window")

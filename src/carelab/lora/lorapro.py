@@ -28,7 +28,6 @@ n×n is formed: ``P_B·M`` is computed as ``B·((BᵀB)⁻¹(BᵀM))``.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -403,8 +402,9 @@ class LoRAProAdamW(torch.optim.AdamW):
         mine = {p for g in self.param_groups for p in g["params"]}
         self.pairs = [p for p in find_lora_pairs(model) if p.A in mine or p.B in mine]
         if not self.pairs:
-            warnings.warn("LoRAProAdamW found no LoRA pairs among its parameters; it acts as plain AdamW",
-                          stacklevel=2)
+            from carelab.runs import warn
+
+            warn("LoRAProAdamW found no LoRA pairs among its parameters; it acts as plain AdamW")
         self._group_of = {p: g for g in self.param_groups for p in g["params"]}
         if mode == "full":
             for pair in self.pairs:
