@@ -4,6 +4,7 @@ grounding tables, the PNG chart, the viewer, and ``report_command``."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,8 @@ def test_report_tables_chart_and_viewer(tmp_path, monkeypatch):
         "original", "SFT-only", "CARE", "no-curriculum"}
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = paths["viewer"].read_text()
-    assert html.count('<div class="ex"') == 4 * 4  # 4 labels × 4 items
+    assert html.count('<section class="item"') == 4  # one card per item (2 datasets × 2) ...
+    assert len(re.findall(r'<div class="col" data-method=', html)) == 4 * 4  # ... with a column per label
     assert 'class="q q-exact"' in html
     assert (out / "results.csv").read_text().splitlines()[0] == (
         "Method,multihop,multihop_lo,multihop_hi,multihop_n,counterfactual,counterfactual_lo,counterfactual_hi,"

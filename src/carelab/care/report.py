@@ -282,17 +282,37 @@ def bar_chart(table: Sequence[dict], columns: Sequence[str], path: str | Path, y
 
 
 def viewer_records(rows: Sequence[dict], max_per_group: int | None = 20) -> list[dict]:
-    """Prediction records for the viewer: up to ``max_per_group`` per (method, dataset), in file order."""
-    records = []
+    """Prediction records for the viewer: the same ``max_per_group`` items of each dataset for every method.
+
+    Why: the viewer puts every method's answer to an item side by side, so each method contributes the
+    same items; items every method evaluated come first (complete cards), then file order.
+    """
+    from carelab.care.viewer import item_key
+
+    sources = []  # (label, dataset, predictions file)
     for r in rows:
         path = Path(r["run_dir"]) / r["predictions"]
-        if not path.exists():
-            continue
-        for k, (_, rec) in enumerate(read_jsonl(path, skip_invalid=True)):
-            if max_per_group is not None and k >= max_per_group:
-                break
-            records.append(dict(rec, label=r["label"], dataset_name=r.get("dataset_name", r["dataset"])))
-    return records
+        if path.exists():
+            sources.append((r["label"], r.get("dataset_name", r["dataset"]), path))
+    # First pass: which methods evaluated which items, keeping only ids (contexts can be long).
+    coverage: dict[str, dict[str, set[str]]] = {}  # dataset -> item id -> labels
+    for label, ds, path in sources:
+        for _, rec in read_jsonl(path, skip_invalid=True):
+            coverage.setdefault(ds, {}).setdefault(item_key(dict(rec, dataset_name=ds))[1], set()).add(label)
+    chosen: dict[str, list[str]] = {}
+    for ds, items in coverage.items():
+        order = sorted(items, key=lambda k: -len(items[k]))  # stable: file order among equally covered items
+        chosen[ds] = order if max_per_group is None else order[:max(max_per_group, 0)]
+    # Second pass: those items' records, grouped by dataset and item, methods in row order.
+    found: dict[tuple[str, str], dict[str, dict]] = {}
+    for label, ds, path in sources:
+        wanted = set(chosen.get(ds, ()))
+        for _, rec in read_jsonl(path, skip_invalid=True):
+            rec = dict(rec, label=label, dataset_name=ds)
+            key = item_key(rec)
+            if key[1] in wanted:
+                found.setdefault(key, {}).setdefault(label, rec)
+    return [rec for ds, ids in chosen.items() for k in ids for rec in found.get((ds, k), {}).values()]
 
 
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, max_viewer_examples: int | None = 20
