@@ -103,7 +103,7 @@ def report_command(
     run_dirs: Annotated[list[str], typer.Argument(help="One or more `carelab care eval` output directories.")],
     out: Annotated[str | None, typer.Option("--out", "-o", help="Report directory (default: the run directory "
                                             "when there is one).")] = None,
-    max_examples: Annotated[int, typer.Option("--max-examples", help="Viewer examples per method and dataset.")
+    max_examples: Annotated[int, typer.Option("--max-examples", help="Viewer items per dataset (every method shown side by side for each).")
                             ] = 20,
 ) -> None:
     """Rebuild the Markdown tables, bar chart and HTML evidence viewer from one or more runs."""
