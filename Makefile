@@ -8,7 +8,6 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS := constraints.txt
 TORCH := torch==2.13.0
 
-
 .PHONY: install demo test lint clean chromium lock freeze-lock
 
 $(STAMP): pyproject.toml Makefile $(CONSTRAINTS)

@@ -215,10 +215,11 @@ def _summary_callback():
 
 
 def _silence_upstream_deprecations() -> None:
-    """Upstream's own deprecation notices (PEFT reading ``is_gradient_checkpointing``) are not the user's to fix."""
+    """Upstream's own deprecation notices (PEFT and TRL still call the ``gradient_checkpointing`` names) are not
+    the user's to fix."""
     import warnings
 
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.* is deprecated", category=FutureWarning)
 
 
 #: tokens per tile of TRL's fused log-prob LM head on CPU: its default (32k) materialises the logits of a
