@@ -25,6 +25,7 @@ from variants import dispatch, timed  # noqa: E402
 VARIANTS: dict[str, dict] = {
     "today": dict(batch_size=1, grad_accum=5, beta=0.01),
     "group-batch": dict(batch_size=5, grad_accum=1, beta=0.01),
+    "per-rollout+beta0+mu2": dict(batch_size=1, grad_accum=5, beta=0.0, num_iterations=2),
     "group-batch+beta0": dict(batch_size=5, grad_accum=1, beta=0.0),
     "group-batch+beta0+mu2": dict(batch_size=5, grad_accum=1, beta=0.0, num_iterations=2),
     "group-batch+beta0+mu2+gc": dict(batch_size=5, grad_accum=1, beta=0.0, num_iterations=2,
