@@ -93,3 +93,14 @@ def test_ship_takes_the_base_model_from_the_run(tmp_path):
     assert "carelab care sft-data" in card and "carelab data sft" not in card
     model, _ = load_model(str(dest))  # the folder alone names its base
     assert any("lora_A" in name for name, _ in model.named_parameters())
+
+
+def test_model_card_describes_the_preset_set_specs():
+    from carelab.care.shipped import describe_sets
+
+    line = describe_sets({"sft": [{"kind": "hotpotqa", "n": 160, "style": "mixed"}, {"kind": "cofca", "n": 100}],
+                          "easy": {"kind": "drop", "n": 160}, "hard": {"kind": "msmarco", "n": 80},
+                          "tests": {"heldout-style": {"kind": "hotpotqa", "n": 100, "style": "heldout"}}})
+    assert line == ("SFT sources hotpotqa 160 (mixed style) + cofca 100; easy drop 160; hard msmarco 80; "
+                    "tests heldout-style: hotpotqa 100 (heldout style)")
+    assert describe_sets({"sft_source": 100}) == "sft_source 100"

@@ -24,6 +24,25 @@ def is_embedded(model: str | None) -> bool:
     return model in (DEFAULT_MODEL, "smollm2", "embedded")
 
 
+def describe_sets(data: dict) -> str:
+    """One line naming a reproduce run's synthetic sets: ``{kind, n, style}`` specs, or the older flat counts."""
+    def one(spec: dict) -> str:
+        style = spec.get("style", "default")
+        return f"{spec.get('kind')} {spec.get('n')}" + ("" if style == "default" else f" ({style} style)")
+
+    parts = []
+    for key, value in data.items():
+        if isinstance(value, int):
+            parts.append(f"{key} {value}")
+        elif key == "sft" and isinstance(value, list):
+            parts.append("SFT sources " + " + ".join(one(v) for v in value))
+        elif key == "tests" and isinstance(value, dict):
+            parts.append("tests " + ", ".join(f"{name}: {one(v)}" for name, v in value.items()))
+        elif isinstance(value, dict) and "kind" in value:
+            parts.append(f"{key} {one(value)}")
+    return "; ".join(parts) or "not recorded"
+
+
 def resolve_adapter(adapter: str | None, model: str) -> str | None:
     """``auto`` → the bundled CARE adapter when serving the embedded model; ``none``/None → no adapter."""
     if adapter is None or adapter.lower() == "none":
@@ -114,16 +133,17 @@ def ship_from_run(run_dir: str, dest: str | None = None, label: str = "CARE", ba
         f"- Base model: `{base_model}`{origin}; LoRA rank "
         f"{lora.get('r')} (the SFT and GRPO adapters stacked exactly) on {', '.join(sorted(lora.get('target_modules') or []))}; "
         "stored in bf16.",
-        f"- SFT: {sft.get('n_examples')} synthetic HotpotQA-shaped traces from the rule pipeline "
+        f"- SFT: {sft.get('n_examples')} synthetic traces from the rule pipeline "
         f"(`carelab care sft-data`), {cfg.get('sft', {}).get('epochs')} epochs = {sft.get('steps')} steps, "
         f"lr {cfg.get('sft', {}).get('lr')}; loss {sft.get('first_loss', 0):.2f} → {sft.get('last_loss', 0):.2f}.",
         f"- GRPO: {grpo.get('steps')} steps × one group of {cfg.get('grpo', {}).get('num_generations')} rollouts, "
         f"lr {cfg.get('grpo', {}).get('lr')}, curriculum over {grpo.get('n_easy')} easy (DROP-shaped) and "
         f"{grpo.get('n_hard')} hard (MS MARCO-shaped) synthetic items; rewards: answer F1, format, retrieval.",
-        "- Items per synthetic set (fictional entities; the counterfactual set alters common-knowledge facts): "
-        + ", ".join(f"{k} {v}" for k, v in data.items() if isinstance(v, int)) + ".",
+        "- Synthetic sets (fictional entities; the counterfactual set alters common-knowledge facts): "
+        + describe_sets(data) + ".",
         "",
-        f"## Measured (F1 ×100, greedy, {cfg.get('eval', {}).get('limit')} items per test set)",
+        "## Measured (F1 ×100, greedy"
+        + (f", at most {cfg['eval']['limit']} items per test set)" if cfg.get("eval", {}).get("limit") else ")"),
         "",
         markdown_table(table, cols),
         "",
