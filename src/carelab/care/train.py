@@ -236,6 +236,14 @@ def _bound_lm_head_memory() -> None:
     trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = min(trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE, CPU_LOGPROB_CHUNK)
 
 
+def _prepare_run(config_cls, trl: dict[str, Any]) -> None:
+    """What every training run does first: check the TRL options by name (a typo fails before anything is
+    loaded), quiet upstream deprecation notices, bound the LM head's memory on CPU."""
+    trl_options(config_cls, trl, {})
+    _silence_upstream_deprecations()
+    _bound_lm_head_memory()
+
+
 def _quiet_progress(trainer) -> None:
     """Keep the tqdm bar but drop its printing of TRL's raw log dicts: the one-line summary says it once."""
     from transformers.trainer_callback import ProgressCallback
@@ -275,9 +283,7 @@ def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> dict:
 
     from carelab.lora.variants import make_optimizer, prepare_adapter
 
-    trl_options(SFTConfig, cfg.trl, {})  # a misspelt TRL option fails before anything is loaded
-    _silence_upstream_deprecations()
-    _bound_lm_head_memory()
+    _prepare_run(SFTConfig, cfg.trl)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out, "sft_config.json")
@@ -390,9 +396,7 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     if (cfg.batch_size * cfg.grad_accum) % cfg.num_generations:
         raise ValueError(f"--batch-size × --grad-accum ({cfg.batch_size} × {cfg.grad_accum}) must be a multiple of the "
                          f"group size ({cfg.num_generations})")
-    trl_options(GRPOConfig, cfg.trl, {})  # a misspelt TRL option fails before anything is loaded
-    _silence_upstream_deprecations()
-    _bound_lm_head_memory()
+    _prepare_run(GRPOConfig, cfg.trl)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out, "grpo_config.json")
@@ -416,11 +420,11 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     funcs = reward_functions(accuracy_normalized=cfg.accuracy_normalized, max_context_share=cfg.max_quote_share,
                              retrieval=cfg.retrieval_reward)
     weights = list(cfg.reward_weights[: len(funcs)])  # the ablation drops the last (retrieval) function
-    # the held-out curve always uses all three rewards with the run's weights, so ablations stay comparable
-    heldout_funcs = reward_functions(accuracy_normalized=cfg.accuracy_normalized,
-                                     max_context_share=cfg.max_quote_share, retrieval=True)
     extra_callbacks = list(callbacks or [])
     if held_easy or held_hard:
+        # the held-out curve always uses all three rewards with the run's weights, so ablations stay comparable
+        heldout_funcs = reward_functions(accuracy_normalized=cfg.accuracy_normalized,
+                                         max_context_share=cfg.max_quote_share, retrieval=True)
         extra_callbacks.append(heldout_callback(held_easy + held_hard, heldout_funcs, list(cfg.reward_weights), tok,
                                                 out, cfg.heldout_steps, cfg.max_completion_tokens))
     if reward_wrapper is not None:
