@@ -50,3 +50,23 @@ def test_unknown_key_and_preset_errors(tmp_path):
     bad.write_text("sft: [unclosed\n")
     with pytest.raises(InputError, match="invalid YAML"):
         load_preset(str(bad))
+
+
+def test_ablation_preset_changes_only_the_ablation():
+    """cpu-full-ablations reuses cpu-full's SFT: every other section must be cpu-full's, or the rows differ in more
+    than the ablated reward."""
+    full, abl = load_preset("cpu-full"), load_preset("cpu-full-ablations")
+    for section in ("model", "seed", "data", "sft", "grpo", "eval"):
+        assert abl[section] == full[section], section
+    assert abl["base_run"] == "runs/cpu-full" and abl["ablations"] == ["no-retrieval-reward"]
+
+
+def test_ablation_selection(tmp_path):
+    from carelab.care.reproduce import ABLATIONS, ReproduceConfig, _selected_ablations
+
+    def pick(value):
+        return list(_selected_ablations(ReproduceConfig(preset="p.yaml", out=str(tmp_path), ablations=value)))
+
+    assert pick(True) == list(ABLATIONS) and pick(False) == [] and pick(["no-curriculum"]) == ["no-curriculum"]
+    with pytest.raises(InputError, match="unknown ablation.*no-such"):
+        pick(["no-such"])

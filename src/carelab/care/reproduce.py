@@ -43,7 +43,8 @@ class ReproduceConfig:
     out: str
     model: str = "smollm2-135m-instruct"
     seed: int = 0
-    ablations: bool = False
+    #: train the paper's ablations: ``True`` for all of ``ABLATIONS``, or a list of their labels
+    ablations: bool | list[str] = False
     #: reuse this finished run's data, SFT and CARE (the ablation preset trains only the ablations)
     base_run: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
@@ -176,6 +177,20 @@ def _evaluate(cfg: ReproduceConfig, tests: list[str], methods: list, out: Path) 
     return {"out": str(out)}
 
 
+def _selected_ablations(cfg: ReproduceConfig) -> dict[str, dict[str, Any]]:
+    """The ablations this run trains: all of them for ``ablations: true``, else the listed labels."""
+    if cfg.ablations is True:
+        return dict(ABLATIONS)
+    if not cfg.ablations:
+        return {}
+    labels = [cfg.ablations] if isinstance(cfg.ablations, str) else list(cfg.ablations)
+    unknown = [label for label in labels if label not in ABLATIONS]
+    if unknown:
+        raise InputError(cfg.preset, f"unknown ablation(s) {', '.join(map(str, unknown))}; use "
+                                     f"{', '.join(ABLATIONS)}", field="ablations")
+    return {label: ABLATIONS[label] for label in labels}
+
+
 def _evaluate_ablations(cfg: ReproduceConfig, data: dict[str, Any], main_root: Path, root: Path,
                         out: Path) -> dict:
     """Ablation rows beside SFT-only and CARE on the preset's ablation sets; the main rows' finished
@@ -199,7 +214,7 @@ def _evaluate_ablations(cfg: ReproduceConfig, data: dict[str, Any], main_root: P
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)
     ablations = [MethodSpec("care", label=label, adapter=str(root / f"grpo-{label}" / FINAL_ADAPTER))
-                 for label in ABLATIONS]
+                 for label in _selected_ablations(cfg)]
     return _evaluate(cfg, tests, main + ablations, out)
 
 
@@ -238,6 +253,7 @@ def reproduce(preset: str, out: str | None = None, model: str | None = None, see
     if cfg.base_run and not _stage(main_root, "4-grpo").exists():
         raise InputError(cfg.base_run, "base run has no finished GRPO stage; run its preset first (carelab care "
                                        "reproduce --preset … --out " + cfg.base_run + ")")
+    _selected_ablations(cfg)  # unknown labels fail before anything runs
     root.mkdir(parents=True, exist_ok=True)
     _check_same_settings(cfg, root / "reproduce_config.json")
     save_config(cfg, root, "reproduce_config.json")
@@ -252,7 +268,7 @@ def reproduce(preset: str, out: str | None = None, model: str | None = None, see
         _run_stage(root, "5-eval", _evaluate, cfg, list(data["tests"].values()), _method_specs(cfg, root),
                    root / "eval")
     if cfg.ablations:
-        for label, setting in ABLATIONS.items():
+        for label, setting in _selected_ablations(cfg).items():
             _run_stage(root, f"6-grpo-{label}", _grpo, cfg, data, main_root / "sft", root / f"grpo-{label}",
                        **setting)
         _run_stage(root, "7-eval-ablations", _evaluate_ablations, cfg, data, main_root, root,
