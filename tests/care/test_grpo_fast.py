@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from carelab.care import synth
-from carelab.care.heldout import read_heldout, score_completions, split_heldout
+from carelab.care.heldout import heldout_summary, read_heldout, score_completions, split_heldout
 from carelab.care.rewards import reward_functions
 from carelab.care.train import GRPORunConfig, SFTRunConfig, run_grpo, run_sft
 from carelab.runs import InputError
@@ -106,6 +106,22 @@ def test_heldout_reward_curve(data, tmp_path):
     assert {"accuracy_mean", "format_mean", "retrieval_mean", "total_mean"} <= set(records[0])
     # a rerun on the same folder does not duplicate finished points
     assert len((out / "heldout_reward.jsonl").read_text().splitlines()) == 3
+    assert set(records[0]["per_item_scores"]) == {"accuracy", "format", "retrieval", "total"}
+    report = (out / "heldout_reward.md").read_text()
+    assert "| 0 | 4 |" in report and "| 2 | 4 |" in report and (out / "heldout_reward.png").stat().st_size > 0
+
+
+def test_heldout_summary_pairs_each_step_with_the_first():
+    """Hand-checkable: every prompt gains exactly 0.5, so the paired change is +0.5 with a zero-width CI."""
+    records = [{"step": 0, "n": 3, "per_item": [0.0, 1.0, 0.5]},
+               {"step": 10, "n": 3, "per_item": [0.5, 1.5, 1.0],
+                "per_item_scores": {"format": [1.0, 1.0, 0.0], "total": [0.5, 1.5, 1.0]}}]
+    first, last = heldout_summary(records)
+    assert first["reward"] == pytest.approx(0.5) and first["change"] == pytest.approx(0.0)
+    assert last["reward"] == pytest.approx(1.0)
+    assert (last["change"], last["change_lo"], last["change_hi"]) == pytest.approx((0.5, 0.5, 0.5))
+    assert last["format"] == pytest.approx(2 / 3) and "total" not in last
+    assert first["reward_lo"] <= 0.5 <= first["reward_hi"]
 
 
 def test_split_heldout_is_disjoint_and_seeded():

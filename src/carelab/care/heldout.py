@@ -73,7 +73,8 @@ def heldout_callback(rows: list[dict], funcs: Sequence[Callable[..., list]], wei
             scores = score_completions(rows, texts, funcs, weights)
             record: dict[str, Any] = {"step": state.global_step, "n": len(rows),
                                       **{f"{k}_mean": sum(v) / len(v) for k, v in scores.items()},
-                                      "per_item": scores["total"], "ids": [r.get("id") for r in rows]}
+                                      "per_item": scores["total"], "per_item_scores": scores,
+                                      "ids": [r.get("id") for r in rows]}
             with path.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
             parts = " ".join(f"{k}={record[f'{k}_mean']:.3f}" for k in scores)
@@ -99,3 +100,65 @@ def read_heldout(run_dir: str | Path) -> list[dict]:
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return sorted(records, key=lambda r: r["step"])
+
+
+def heldout_summary(records: Sequence[dict]) -> list[dict]:
+    """One row per evaluated step: mean held-out reward with its 95 % bootstrap CI, and the paired difference
+    to the first evaluation (the same prompts at every step, so the change is paired per prompt)."""
+    from carelab.stats import bootstrap_ci, paired_difference_ci
+
+    if not records:
+        return []
+    first = records[0]["per_item"]
+    rows = []
+    for rec in records:
+        level = bootstrap_ci(rec["per_item"])
+        row = {"step": rec["step"], "n": rec["n"], "reward": level.mean, "reward_lo": level.lo,
+               "reward_hi": level.hi}
+        if len(rec["per_item"]) == len(first):
+            change = paired_difference_ci(rec["per_item"], first)
+            row.update(change=change.mean, change_lo=change.lo, change_hi=change.hi)
+        for name, values in rec.get("per_item_scores", {}).items():
+            if name != "total":
+                row[name] = sum(values) / len(values)
+        rows.append(row)
+    return rows
+
+
+def write_heldout_report(run_dir: str | Path) -> Path | None:
+    """``heldout_reward.md`` + ``.png`` + ``.csv`` beside a GRPO run: the dev-set reward curve with CIs (None
+    when the run tracked no held-out set)."""
+    from carelab.report import new_figure, save_figure, write_csv
+    from carelab.stats import format_ci
+
+    run = Path(run_dir)
+    rows = heldout_summary(read_heldout(run))
+    if not rows:
+        return None
+    write_csv(run / "heldout_reward.csv", rows)
+    fig, ax = new_figure()
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["reward"] for r in rows], marker="o", label="held-out reward (greedy)")
+    ax.fill_between(steps, [r["reward_lo"] for r in rows], [r["reward_hi"] for r in rows], alpha=0.25,
+                    label="95 % bootstrap CI")
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("total reward")
+    ax.set_title(f"Reward on {rows[0]['n']} held-out prompts")
+    ax.legend()
+    save_figure(fig, run / "heldout_reward.png")
+    components = sorted({k for r in rows for k in r} - {"step", "n", "reward", "reward_lo", "reward_hi", "change",
+                                                        "change_lo", "change_hi"})
+    lines = ["# Held-out reward during GRPO", "",
+             f"Greedy completions of the same {rows[0]['n']} held-out prompts (drawn out of the GRPO pool, never "
+             "trained on) scored with the training rewards. Mean with 95 % bootstrap CI; change = paired "
+             "difference to the first evaluation (same prompts).", "",
+             "| step | n | reward | change vs first | " + " | ".join(components) + " |",
+             "|---" * (4 + len(components)) + "|"]
+    for r in rows:
+        change = format_ci(r.get("change"), r.get("change_lo"), r.get("change_hi"), digits=3, signed=True)
+        lines.append(f"| {r['step']} | {r['n']} | {format_ci(r['reward'], r['reward_lo'], r['reward_hi'], digits=3)} "
+                     f"| {change} | " + " | ".join(f"{r[c]:.3f}" if c in r else "–" for c in components) + " |")
+    lines += ["", "![held-out reward](heldout_reward.png)", ""]
+    path = run / "heldout_reward.md"
+    path.write_text("\n".join(lines))
+    return path

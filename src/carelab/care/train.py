@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from carelab.care import format as care_format
-from carelab.care.heldout import heldout_callback, split_heldout
+from carelab.care.heldout import heldout_callback, split_heldout, write_heldout_report
 from carelab.runs import InputError, read_jsonl, save_config
 
 #: the folder inside a GRPO --out that holds the adapter to use (SFT + GRPO stacked when started from SFT)
@@ -475,5 +475,8 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
 
         shutil.copytree(out / "grpo-adapter", final, dirs_exist_ok=True)
     metrics["final_adapter"] = str(final)
+    report = write_heldout_report(out)
+    if report is not None:
+        metrics["heldout_report"] = str(report)
     (out / "grpo_metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
