@@ -90,3 +90,19 @@ def test_format():
     assert format_ci(42.91, 31.24, 54.0) == "42.9 [31.2, 54.0]"
     assert format_ci(-3.14, -8.0, 1.5, signed=True) == "-3.1 [-8.0, 1.5]"
     assert format_ci(7.0) == "7.0"
+
+
+def test_paired_ratio_difference_hand_cases():
+    from carelab.stats import paired_ratio_difference_ci
+
+    # a quotes exactly everywhere, b never: every resample gives 1 − 0
+    assert paired_ratio_difference_ci([2, 1, 3], [2, 1, 3], [0, 0, 0], [1, 2, 1]).as_tuple() == (1.0, 1.0, 1.0, 3)
+    # the same method against itself: joint resampling makes the difference exactly 0 (an unpaired one would not)
+    num, den = [1, 0, 2, 1], [1, 2, 2, 3]
+    assert paired_ratio_difference_ci(num, den, num, den).as_tuple() == (0.0, 0.0, 0.0, 4)
+    # pooled shares, not means of per-item shares: (1+3)/(1+4) − (0+2)/(2+2) = 0.8 − 0.5
+    est = paired_ratio_difference_ci([1, 3], [1, 4], [0, 2], [2, 2])
+    assert est.mean == pytest.approx(0.3) and est.lo <= 0.3 <= est.hi
+    assert paired_ratio_difference_ci([0], [0], [1], [1]).mean is None
+    with pytest.raises(ValueError, match="same items"):
+        paired_ratio_difference_ci([1], [1], [1, 1], [1, 1])

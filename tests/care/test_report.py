@@ -176,3 +176,26 @@ def test_runs_without_intervals_still_render(tmp_path, monkeypatch):
     path.write_text(json.dumps(data))
     md = write_report([runs[0]], tmp_path / "old")["markdown"].read_text()
     assert "| original | 50.0 | 0.0 | 25.0 |" in md and "## Paired differences" not in md
+
+
+def test_grounding_differences_against_sft_only(tmp_path, monkeypatch):
+    """Per-item format / pooled quote shares of each CARE-format method minus SFT-only, from the predictions."""
+    from carelab.care.report import grounding_difference_table
+
+    runs = _runs(tmp_path, monkeypatch)
+    table = grounding_difference_table(collect_rows(runs))
+    by = {(r["Comparison"], r["Dataset"]): r for r in table}
+    assert set(by) == {(c, d) for c in ("CARE − SFT-only", "no-curriculum − SFT-only")
+                       for d in ("multihop", "counterfactual", "all sets")}
+    # multihop: both answer m0, m1 right with the same exact quote -> no difference, zero width
+    same = by[("CARE − SFT-only", "multihop")]
+    assert (same["n (items)"], same["Format pts"], same["Exact-quote share pts"]) == (2, "+0.0 [0.0, 0.0]",
+                                                                                      "+0.0 [0.0, 0.0]")
+    # no-curriculum misses m1 (no quote, not well-formed) where SFT-only quotes: format 0 vs 100 on one of two
+    worse = by[("no-curriculum − SFT-only", "multihop")]
+    assert worse["Format pts"] == "-50.0 [-100.0, 0.0]"
+    # every quote anyone made is exact, so pooled shares agree even where the number of quotes differs
+    assert by[("no-curriculum − SFT-only", "all sets")]["Exact-quote share pts"] == "+0.0 [0.0, 0.0]"
+    assert by[("CARE − SFT-only", "all sets")]["n (items)"] == 4
+    md = write_report(runs, tmp_path / "report")["markdown"].read_text()
+    assert "## Paired differences in grounding (vs SFT-only)" in md
