@@ -49,7 +49,7 @@ def test_ship_packages_bf16_adapter_with_card_and_it_loads(tmp_path):
     tensors = load_file(str(dest / "adapter_model.safetensors"))
     assert tensors and all(t.dtype == torch.bfloat16 for t in tensors.values())
     card = (dest / "README.md").read_text()
-    assert "carelab care ship runs/cpu-full-v2" in card and "| CARE | 20.00 | 30.00 | 25.00 |" in card
+    assert "carelab care ship runs/cpu-full-v2" in card and "| CARE | 20.0 | 30.0 | 25.0 |" in card
     assert "75 steps" in card and "rank 4" in card and "sft_source 100" in card
     cfg = json.loads((dest / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == "smollm2-135m-instruct"
@@ -104,3 +104,34 @@ def test_model_card_describes_the_preset_set_specs():
     assert line == ("SFT sources hotpotqa 160 (mixed style) + cofca 100; easy drop 160; hard msmarco 80; "
                     "tests heldout-style: hotpotqa 100 (heldout style)")
     assert describe_sets({"sft_source": 100}) == "sft_source 100"
+
+
+def _add_rows(run: Path, label: str, scores: tuple[float, float], items: dict[str, list[float]]) -> None:
+    """Append a method's rows (with per-item scores, so paired differences can be computed) to the run's eval."""
+    path = run / "eval" / "metrics.json"
+    data = json.loads(path.read_text())
+    for r in data["results"]:
+        r.setdefault("item_scores", {f"{r['dataset']}-{i}": v for i, v in enumerate(items[r["label"]])})
+    data["results"] += [{"label": label, "method": "care", "dataset": ds, "dataset_name": ds, "score": score,
+                         "item_scores": {f"{ds}-{i}": v for i, v in enumerate(items[label])}}
+                        for ds, score in zip(("multihop", "CofCA"), scores, strict=True)]
+    path.write_text(json.dumps(data))
+
+
+def test_ship_replaces_the_bundled_adapter_only_on_paired_evidence(tmp_path):
+    """With a bundled row in the run, CARE must beat it on the same items (interval above 0); the card shows
+    intervals and the paired differences."""
+    from carelab.care.shipped import ship_from_run
+
+    run = _fake_run(tmp_path / "run", care_scores=(30.0, 20.0), original_scores=(10.0, 14.0))
+    # CARE better than the bundled adapter on two items, worse on one: the interval straddles 0
+    _add_rows(run, "CARE (bundled)", (20.0, 20.0), {"Original": [0, 0, 0], "CARE": [100, 100, 0],
+                                                    "CARE (bundled)": [0, 0, 100]})
+    with pytest.raises(ValueError, match=r"bundled adapter on the same items.*interval is above 0"):
+        ship_from_run(str(run), str(tmp_path / "shipped"))
+    run2 = _fake_run(tmp_path / "run2", care_scores=(30.0, 20.0), original_scores=(10.0, 14.0))
+    _add_rows(run2, "CARE (bundled)", (20.0, 20.0), {"Original": [0, 0, 0], "CARE": [100, 100, 100],
+                                                     "CARE (bundled)": [0, 0, 0]})
+    card = (ship_from_run(str(run2), str(tmp_path / "shipped")) / "README.md").read_text()
+    assert "| CARE − CARE (bundled) | +100.0 [100.0, 100.0] * | +100.0 [100.0, 100.0] * |" in card
+    assert "95 % bootstrap interval" in card

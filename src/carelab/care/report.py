@@ -155,18 +155,37 @@ def ablation_table(rows: Sequence[dict]) -> tuple[list[dict], list[str]] | None:
 
 
 #: Reference rows of the paired comparisons (normalised labels -> name), as `carelab care reproduce` labels them.
-REFERENCES = ((("original", "baseline"), "Original"), (("sftonly", "sft"), "SFT-only"))
+REFERENCES = ((("original", "baseline"), "Original"), (("sftonly", "sft"), "SFT-only"),
+              (("carebundled", "bundled"), "CARE (bundled)"))
+
+
+def paired_comparison(rows: Sequence[dict], label: str, ref: str) -> tuple[dict[str, Any], Any]:
+    """``label`` − ``ref`` on their common items: per dataset ``(Estimate, per-item differences)`` and the Avg
+    (stratified bootstrap of the per-dataset mean differences; ``None`` when no dataset has common items)."""
+    from carelab.stats import mean_of_means_ci, paired_difference_ci
+
+    per_dataset: dict[str, Any] = {}
+    for ds in _dataset_order(rows):
+        a, b = _row_for(rows, label, ds), _row_for(rows, ref, ds)
+        sa, sb = (a or {}).get("item_scores") or {}, (b or {}).get("item_scores") or {}
+        common = [i for i in sa if i in sb]
+        if common:
+            per_dataset[ds] = (paired_difference_ci([sa[i] for i in common], [sb[i] for i in common]),
+                               [sa[i] - sb[i] for i in common])
+    avg = mean_of_means_ci([d for _, d in per_dataset.values()]) if per_dataset else None
+    return per_dataset, avg
 
 
 def difference_table(rows: Sequence[dict]) -> list[dict]:
-    """Paired differences of the headline score: every method − Original and − SFT-only, per dataset and Avg.
+    """Paired differences of the headline score: every method − Original, − SFT-only and − the bundled adapter,
+    per dataset and Avg.
 
     Paired = the same items, each item's difference resampled (``stats.paired_difference_ci``); the Avg
     difference is the stratified bootstrap of the per-dataset mean differences. Cells are
     ``+3.1 [-2.0, 8.4]``; an interval that excludes 0 is marked ``*``. Needs ``item_scores`` in the runs'
     metrics (``carelab care eval`` writes them; re-running it on an older run directory adds them).
     """
-    from carelab.stats import format_ci, mean_of_means_ci, paired_difference_ci
+    from carelab.stats import format_ci
 
     datasets = _dataset_order(rows)
     labels = list(dict.fromkeys(r["label"] for r in rows))
@@ -180,26 +199,16 @@ def difference_table(rows: Sequence[dict]) -> list[dict]:
         for label in labels:
             if label in done:
                 continue
-            cells: dict[str, Any] = {"Comparison": f"{label} − {ref}"}
-            diffs, ns = [], []
-            for ds in datasets:
-                a, b = _row_for(rows, label, ds), _row_for(rows, ref, ds)
-                sa, sb = (a or {}).get("item_scores"), (b or {}).get("item_scores")
-                common = [i for i in (sa or {}) if i in (sb or {})]
-                if not common:
-                    cells[ds] = None
-                    ns.append("–")
-                    continue
-                est = paired_difference_ci([sa[i] for i in common], [sb[i] for i in common])
-                d = [sa[i] - sb[i] for i in common]
-                cells[ds] = _marked(format_ci(est.mean, est.lo, est.hi, signed=True), est)
-                diffs.append(d)
-                ns.append(str(est.n))
-            if not diffs:
+            per_dataset, avg = paired_comparison(rows, label, ref)
+            if avg is None:
                 continue
-            est = mean_of_means_ci(diffs)
-            cells["Avg"] = _marked(format_ci(est.mean, est.lo, est.hi, signed=True), est)
-            cells["n (pairs)"] = " / ".join(ns)
+            cells: dict[str, Any] = {"Comparison": f"{label} − {ref}"}
+            for ds in datasets:
+                est = per_dataset.get(ds, (None,))[0]
+                cells[ds] = None if est is None else _marked(format_ci(est.mean, est.lo, est.hi, signed=True), est)
+            cells["Avg"] = _marked(format_ci(avg.mean, avg.lo, avg.hi, signed=True), avg)
+            cells["n (pairs)"] = " / ".join(str(per_dataset[ds][0].n) if ds in per_dataset else "–"
+                                            for ds in datasets)
             out.append(cells)
     return out
 

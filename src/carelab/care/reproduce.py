@@ -17,6 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
+from carelab.care.shipped import BUNDLED_LABEL
 from carelab.care.train import FINAL_ADAPTER
 from carelab.presets import build_config, load_preset
 from carelab.runs import InputError, save_config, to_jsonable
@@ -24,7 +25,7 @@ from carelab.runs import InputError, save_config, to_jsonable
 console = Console()
 
 #: eval labels of the trained rows (also the names the report's paired differences look for)
-SFT_LABEL, CARE_LABEL, BUNDLED_LABEL = "SFT-only", "CARE", "CARE (bundled)"
+SFT_LABEL, CARE_LABEL = "SFT-only", "CARE"
 #: ablation label -> the GRPO setting it turns off
 ABLATIONS = {"no-retrieval-reward": {"retrieval_reward": False}, "no-curriculum": {"curriculum": False}}
 #: methods a preset may list under ``eval.methods``

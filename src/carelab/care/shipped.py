@@ -5,6 +5,9 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+#: the eval label of the bundled adapter's row (as `carelab care reproduce` writes it)
+BUNDLED_LABEL = "CARE (bundled)"
+
 
 def bundled_folder() -> Path:
     """Where the bundled CARE adapter lives inside the installed package (whether or not one is there)."""
@@ -89,7 +92,7 @@ def ship_from_run(run_dir: str, dest: str | None = None, label: str = "CARE", ba
     bundled adapter must clear — unless ``force``. The adapter's base is the run's model; only an adapter of the
     embedded model may become the bundled default (``dest`` None), others need a ``dest``.
     """
-    from carelab.care.report import collect_rows, main_table
+    from carelab.care.report import collect_rows, difference_table, main_table, paired_comparison, with_ci
     from carelab.care.train import FINAL_ADAPTER
     from carelab.models import DEFAULT_MODEL
     from carelab.report import markdown_table
@@ -99,7 +102,8 @@ def ship_from_run(run_dir: str, dest: str | None = None, label: str = "CARE", ba
     cfg = _json(run / "reproduce_config.json")
     if not cfg:
         raise InputError(run / "reproduce_config.json", "missing; is this a `carelab care reproduce` run folder?")
-    table, cols = main_table(collect_rows([run / "eval"]))
+    rows = collect_rows([run / "eval"])
+    table, cols = main_table(rows)
     by_label = {row["Method"]: row for row in table}
     for name in (label, baseline):
         if name not in by_label:
@@ -108,6 +112,14 @@ def ship_from_run(run_dir: str, dest: str | None = None, label: str = "CARE", ba
     if ours <= base and not force:
         raise ValueError(f"{label} averages {ours:.2f} F1 against {baseline}'s {base:.2f} in {run}/eval; "
                          "an adapter that does not beat the plain model is not shipped (pass --force to override)")
+    if BUNDLED_LABEL in by_label and not force:
+        # replacing the bundled adapter needs evidence on the same items, not a higher mean
+        _, avg = paired_comparison(rows, label, BUNDLED_LABEL)
+        if avg is None or avg.lo is None or avg.lo <= 0:
+            shown = "no common items" if avg is None else f"{avg.mean:+.1f} [{avg.lo:.1f}, {avg.hi:.1f}]"
+            raise ValueError(f"{label} − the bundled adapter on the same items in {run}/eval: {shown} F1; the "
+                             "bundled adapter is replaced only when the 95 % interval is above 0 (pass --force "
+                             "to override)")
     adapter = run / "grpo" / FINAL_ADAPTER
     sft, grpo = _json(run / "sft" / "sft_metrics.json"), _json(run / "grpo" / "grpo_metrics.json")
     lora = _json(adapter / "adapter_config.json")
@@ -145,7 +157,14 @@ def ship_from_run(run_dir: str, dest: str | None = None, label: str = "CARE", ba
         "## Measured (F1 ×100, greedy"
         + (f", at most {cfg['eval']['limit']} items per test set)" if cfg.get("eval", {}).get("limit") else ")"),
         "",
-        markdown_table(table, cols),
+        "Mean with its 95 % bootstrap interval over items (2,000 resamples); test sets of the `test` split "
+        "(facts and names training never saw).",
+        "",
+        markdown_table(with_ci(table, cols), cols),
+        "",
+        "Paired differences on the same items (per-item differences resampled; `*` = interval excludes 0):",
+        "",
+        markdown_table(difference_table(rows)),
         "",
         "## Re-create",
         "",
