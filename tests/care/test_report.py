@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from carelab.care.datasets import Passage, QAExample
-from carelab.care.evaluate import EvalConfig, MethodSpec, run_eval
-from carelab.care.report import (
+from carelab.care.data.examples import Passage, QAExample
+from carelab.care.eval.harness import EvalConfig, MethodSpec, run_eval
+from carelab.care.eval.results import (
     ablation_table,
     collect_rows,
     difference_table,
@@ -136,7 +136,7 @@ def test_report_command_and_errors(tmp_path, monkeypatch):
     import typer
     from typer.testing import CliRunner
 
-    from carelab.care.eval_cli import report_command
+    from carelab.care.cli.eval import report_command
 
     runs = _runs(tmp_path, monkeypatch)
     app = typer.Typer()

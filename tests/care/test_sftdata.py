@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from carelab.care import format as care_format
-from carelab.care import synth
-from carelab.care.backends import BackendOptions, HFBackend, RuleBackend
-from carelab.care.sftdata import SftDataConfig, best_window_ratio, insert_tags, run_pipeline, sidecar
+from carelab.care.data import synth
+from carelab.care.sft.backends import BackendOptions, HFBackend, RuleBackend
+from carelab.care.sft.pipeline import SftDataConfig, best_window_ratio, insert_tags, run_pipeline, sidecar
 from carelab.runs import read_jsonl
 
 FIELDS = {"id", "question", "answer", "level", "context", "supporting_facts", "reasoning", "output", "system",

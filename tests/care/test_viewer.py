@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from carelab.care import viewer
-from carelab.care.report import viewer_records
+from carelab.care.eval import viewer
+from carelab.care.eval.results import viewer_records
 
 CONTEXT = ("Alice was born in Paris.\nShe moved to   Rome in 1990. <script>alert('x')</script>\n"
            "Bob sells bread & cheese.")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from carelab.care import format as care_format
-from carelab.care.metrics import normalize_answer, token_f1
+from carelab.care.eval.metrics import normalize_answer, token_f1
 
 FUZZY_THRESHOLD = 0.85
 NO_QUOTE_RETRIEVAL_REWARD = 0.2

@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from carelab.care import format as care_format
-from carelab.care.backends import (
+from carelab.care.data.examples import QAExample
+from carelab.care.data.loaders import load_examples_with_report
+from carelab.care.eval.metrics import best_over_golds, exact_match, qa_f1_score
+from carelab.care.sft.backends import (
     PROMPT_VERSION,
     Backend,
     BackendOptions,
@@ -32,8 +35,6 @@ from carelab.care.backends import (
     make_backend,
     parse_reasoning,
 )
-from carelab.care.datasets import QAExample, load_examples_with_report
-from carelab.care.metrics import best_over_golds, exact_match, qa_f1_score
 from carelab.runs import JsonlAppender, read_jsonl, save_config
 
 

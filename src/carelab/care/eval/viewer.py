@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from carelab.care import format as care_format
-from carelab.care.metrics import normalize_answer
+from carelab.care.eval.metrics import normalize_answer
 
 FUZZY_THRESHOLD = 0.85
 _WORD = re.compile(r"\S+")
