@@ -178,12 +178,12 @@ def _templates(style: synth.Style, *, questions: bool) -> list[str]:
 
 
 def _train_family(questions: bool) -> list[re.Pattern]:
-    from carelab.care.data.facts import _FREE, _GROUPS
+    from carelab.care.data.facts import table_data
 
     out = [_rx(t) for name in ("default", "mixed") for t in _templates(synth._style(name), questions=questions)]
-    out += [_rx(q if questions else s) for _, _, q, s in _GROUPS]
+    out += [_rx(g["question"] if questions else g["sentence"]) for g in table_data()["groups"]]
     if questions:
-        out += [re.compile(re.escape(q)) for _, _, q, _, _ in _FREE]
+        out += [re.compile(re.escape(q)) for _, _, q, _, _ in table_data()["free"]]
     return out
 
 
