@@ -175,7 +175,7 @@ def score_output(raw: str, example: QAExample, care_style: bool, seen_context: s
     ``seen_context`` is the context the model was shown (after retrieval/truncation); quotes are matched
     against the whole user turn (context + question), as the official retrieval reward does.
     """
-    from carelab.care.rewards import quote_match
+    from carelab.care.quotes import quote_match
 
     rec: dict[str, Any] = {}
     if care_style:
