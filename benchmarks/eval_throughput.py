@@ -35,7 +35,7 @@ CONFIGS = {
 
 def make_data(folder: Path, n: int, seed: int) -> list[str]:
     """Half multi-hop (HotpotQA-shaped, 300 words), half counterfactual (CofCA-shaped, 400 words): cpu-full's test sets."""
-    from carelab.care import synth
+    from carelab.care.data import synth
 
     return [str(synth.write("hotpotqa", n - n // 2, seed, folder / "multihop.json", split="test", context_words=300)),
             str(synth.write("cofca", n // 2, seed, folder / "counterfactual.jsonl", split="test", context_words=400))]
@@ -45,9 +45,9 @@ def worker(args: argparse.Namespace) -> None:
     """Run one setting and print a JSON line: timings, peak RSS, raw outputs and scored predictions."""
     import torch
 
-    from carelab.care import baselines
     from carelab.care import format as care_format
-    from carelab.care.evaluate import load_datasets, score_output
+    from carelab.care.eval import baselines
+    from carelab.care.eval.harness import load_datasets, score_output
     from carelab.care.shipped import bundled_folder
     from carelab.generation import GenerationSettings, chat_prompt_ids, generate_from_ids, merge_adapters
     from carelab.models import context_window, load_model

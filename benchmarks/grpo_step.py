@@ -1,6 +1,6 @@
 """GRPO optimizer updates per hour on CPU with SmolLM2: today's settings against the faster ones, in one run.
 
-Each variant runs real GRPO steps through ``carelab.care.train.run_grpo`` (curriculum sampler and the three
+Each variant runs real GRPO steps through ``carelab.care.train.grpo.run_grpo`` (curriculum sampler and the three
 rewards included) in its own process, at the same group size, prompt and completion lengths. Prints, per
 variant: wall and CPU seconds per optimizer update (first update dropped as warm-up), generation and reward
 share, updates/hour as a ratio to ``today``, and peak RSS. Goal: ≥ 3× today's updates/hour. The CPU-time
@@ -37,8 +37,9 @@ def measure(variant: str, steps: int, completion_tokens: int, model: str) -> dic
     """Run ``steps`` GRPO updates with ``variant``'s settings; time generation, rewards and whole updates."""
     from transformers import TrainerCallback
 
-    from carelab.care import synth
-    from carelab.care.train import GRPORunConfig, run_grpo
+    from carelab.care.data import synth
+    from carelab.care.train.config import GRPORunConfig
+    from carelab.care.train.grpo import run_grpo
 
     times = {"generation": 0.0, "reward": 0.0}
     step_times: list[float] = []

@@ -1,6 +1,6 @@
 """SFT tokens per second on CPU with SmolLM2: today's settings against packing / checkpointing, in one run.
 
-Each variant runs real SFT steps through ``carelab.care.train.run_sft`` on the same rule-pipeline traces
+Each variant runs real SFT steps through ``carelab.care.train.sft.run_sft`` on the same rule-pipeline traces
 (HotpotQA-shaped, cpu-full's 7-paragraph contexts) in its own process, so peak RSS is per variant.
 Throughput counts real (non-padding) tokens — what the model learns from — per second of optimizer
 steps, first step dropped as warm-up, per wall second and per CPU second of the process (the ratio to
@@ -36,9 +36,10 @@ def measure(variant: str, steps: int, model: str) -> dict:
     """Run ``steps`` SFT updates with ``variant``'s settings; real tokens per second after the first."""
     from transformers import TrainerCallback
 
-    from carelab.care import synth
-    from carelab.care.sftdata import SftDataConfig, run_pipeline
-    from carelab.care.train import SFTRunConfig, run_sft
+    from carelab.care.data import synth
+    from carelab.care.sft.pipeline import SftDataConfig, run_pipeline
+    from carelab.care.train.config import SFTRunConfig
+    from carelab.care.train.sft import run_sft
 
     marks: list[tuple[float, float, int]] = []  # wall, CPU seconds of this process, tokens seen
 

@@ -18,7 +18,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from carelab.care.eval_cli import parse_method
+from carelab.care.cli.eval import parse_method
 from carelab.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,7 +188,7 @@ def _trained_outputs() -> tuple[set[str], set[str]]:
 
 def test_documented_adapter_paths_are_folders_training_writes():
     """``care@DIR`` must name an SFT ``--out`` or a GRPO run's ``final-adapter``/``grpo-adapter`` folder."""
-    from carelab.care.train import FINAL_ADAPTER
+    from carelab.care.train.config import FINAL_ADAPTER
 
     sft_outs, grpo_outs = _trained_outputs()
     assert sft_outs and grpo_outs

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from carelab.care import synth
-from carelab.care.datasets import load_examples, load_examples_with_report
+from carelab.care.data import synth
+from carelab.care.data.loaders import load_examples, load_examples_with_report
 from carelab.cli import app
 from carelab.runs import MAX_JSON_DEPTH, InputError, read_json, read_jsonl, read_text_file
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from carelab.care.train import GRPORunConfig, SFTRunConfig
+from carelab.care.train.config import GRPORunConfig, SFTRunConfig
 from carelab.presets import build_config, load_preset, preset_names
 from carelab.runs import InputError
 
@@ -23,7 +23,7 @@ def test_bundled_presets_build():
 
 def test_bundled_presets_data_sets_generate():
     """Every synthetic set a preset names is one synth accepts (one item each, so this stays fast)."""
-    from carelab.care import synth
+    from carelab.care.data import synth
 
     for name in preset_names():
         data = load_preset(name)["data"]

@@ -55,7 +55,7 @@ def test_grpo_config_still_has_the_fields_the_curriculum_reads(tmp_path):
 def test_care_trainer_override_keeps_the_upstream_signature():
     from trl import GRPOTrainer
 
-    from carelab.care.train import _curriculum_trainer_class
+    from carelab.care.train.grpo import _curriculum_trainer_class
 
     care = _curriculum_trainer_class()
     assert care._get_train_sampler is not GRPOTrainer._get_train_sampler
@@ -99,12 +99,12 @@ def test_installed_versions_are_inside_the_declared_ranges(module):
 
 
 def test_rank_bm25_still_computes_idf_in_the_hook_carelab_overrides():
-    """carelab.care.baselines overrides the private ``BM25Okapi._calc_idf`` with Lucene's positive idf."""
+    """carelab.care.eval.baselines overrides the private ``BM25Okapi._calc_idf`` with Lucene's positive idf."""
     import math
 
     from rank_bm25 import BM25, BM25Okapi
 
-    from carelab.care.baselines import _bm25
+    from carelab.care.eval.baselines import _bm25
 
     assert list(inspect.signature(BM25Okapi._calc_idf).parameters) == ["self", "nd"]
     assert "self._calc_idf(nd)" in _source(BM25.__init__)

@@ -9,9 +9,9 @@ import logging
 
 import typer
 
-from carelab.care.cli import app as care_app
-from carelab.care.cli import demo_command
-from carelab.care.data_cli import data_app, serve_command
+from carelab.care.cli.data import data_app, serve_command
+from carelab.care.cli.main import app as care_app
+from carelab.care.cli.main import demo_command
 from carelab.diffusion.cli import app as diffusion_app
 from carelab.lora.cli import app as lora_app
 from carelab.watermark.cli import app as watermark_app

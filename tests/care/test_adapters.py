@@ -9,7 +9,7 @@ import torch
 def test_stacked_adapter_equals_sequential_application(tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    from carelab.care.adapters import stack_lora_adapters
+    from carelab.care.train.adapters import stack_lora_adapters
     from carelab.models import load_model
 
     ids = torch.tensor([[5, 9, 17, 33, 2]])
@@ -34,7 +34,7 @@ def test_stacked_adapter_equals_sequential_application(tmp_path):
 def test_dora_refused(tmp_path):
     import json
 
-    from carelab.care.adapters import stack_lora_adapters
+    from carelab.care.train.adapters import stack_lora_adapters
 
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "adapter_config.json").write_text(json.dumps({"use_dora": True, "r": 4, "lora_alpha": 8}))
@@ -58,7 +58,8 @@ def _adapter_dir(path, **cfg):
     ({}, "full", "--adapter full cannot be stacked"),
 ])
 def test_grpo_refuses_an_unstackable_init_adapter_before_training(tmp_path, sft, grpo_adapter, message):
-    from carelab.care.train import GRPORunConfig, run_grpo
+    from carelab.care.train.config import GRPORunConfig
+    from carelab.care.train.grpo import run_grpo
 
     init = _adapter_dir(tmp_path / "sft", **sft)
     out = tmp_path / "grpo"
@@ -70,8 +71,8 @@ def test_grpo_refuses_an_unstackable_init_adapter_before_training(tmp_path, sft,
 
 
 def test_grpo_names_a_full_sft_output_and_a_missing_adapter(tmp_path):
-    from carelab.care.adapters import check_init_adapter
-    from carelab.care.train import GRPORunConfig
+    from carelab.care.train.adapters import check_init_adapter
+    from carelab.care.train.config import GRPORunConfig
     from carelab.runs import InputError
 
     full = tmp_path / "full"

@@ -7,8 +7,9 @@ import openai
 import pytest
 
 from carelab.care import format as care_format
-from carelab.care import synth
-from carelab.care.backends import (
+from carelab.care.data import synth
+from carelab.care.data.loaders import load_examples
+from carelab.care.sft.backends import (
     PROMPT_VERSION,
     BackendError,
     BackendOptions,
@@ -22,7 +23,6 @@ from carelab.care.backends import (
     parse_reasoning,
     reason_messages,
 )
-from carelab.care.datasets import load_examples
 
 
 @pytest.fixture(scope="module")

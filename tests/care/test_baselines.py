@@ -6,9 +6,9 @@ import importlib.util
 
 import pytest
 
-from carelab.care import baselines as bl
 from carelab.care import format as care_format
-from carelab.care.datasets import Passage, QAExample
+from carelab.care.data.examples import Passage, QAExample
+from carelab.care.eval import baselines as bl
 
 PASSAGES = [
     Passage("Marie Curie", ["Marie Curie was born in Warsaw.", "She won two Nobel Prizes."]),

@@ -54,7 +54,7 @@ def test_reproduce_chain_on_toy_preset(tmp_path):
     for label in ("SFT-only", "CARE", "no-retrieval-reward", "no-curriculum"):
         assert label in ablation_report
     # the main rows' predictions were copied, not generated again
-    from carelab.care.evaluate import predictions_path
+    from carelab.care.eval.harness import predictions_path
 
     main_pred = predictions_path(out / "eval", "CARE", "test-counterfactual")
     assert main_pred.read_text() == predictions_path(out / "eval-ablations", "CARE", "test-counterfactual").read_text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from carelab.care.curriculum import CurriculumSampler, hard_probability
+from carelab.care.train.curriculum import CurriculumSampler, hard_probability
 
 
 def _sampler(**kw):

@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from carelab.care import synth
-from carelab.care.datasets import FORMATS, detect_format, load_examples, load_examples_with_report
+from carelab.care.data import synth
+from carelab.care.data.loaders import FORMATS, detect_format, load_examples, load_examples_with_report
 from carelab.runs import InputError
 
 KIND_TO_FORMAT = {k: k for k in synth.KINDS}

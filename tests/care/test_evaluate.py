@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from carelab.care import evaluate as ev
-from carelab.care.datasets import Passage, QAExample
-from carelab.care.evaluate import EvalConfig, MethodSpec, aggregate, run_eval, score_output
+from carelab.care.data.examples import Passage, QAExample
+from carelab.care.eval import harness as ev
+from carelab.care.eval.harness import EvalConfig, MethodSpec, aggregate, run_eval, score_output
 from carelab.runs import InputError, read_jsonl
 
 CTX_A = [Passage("Alice", ["Alice was born in Paris.", "She studied law."]),
@@ -249,7 +249,7 @@ def test_eval_command_errors_are_one_line(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from carelab.care.eval_cli import eval_command, parse_method
+    from carelab.care.cli.eval import eval_command, parse_method
 
     app = typer.Typer()
     app.command()(eval_command)

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from carelab.care import synth
-from carelab.care.heldout import heldout_summary, read_heldout, score_completions, split_heldout
+from carelab.care.data import synth
 from carelab.care.rewards import reward_functions
-from carelab.care.train import GRPORunConfig, SFTRunConfig, run_grpo, run_sft
+from carelab.care.train.config import GRPORunConfig, SFTRunConfig
+from carelab.care.train.grpo import run_grpo
+from carelab.care.train.heldout import heldout_summary, read_heldout, score_completions, split_heldout
+from carelab.care.train.sft import run_sft
 from carelab.runs import InputError
 
 TINY = "tiny-random-qwen2"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from carelab.care import metrics as M
+from carelab.care.eval import metrics as M
 
 
 @pytest.mark.parametrize("pred,gold,expected", [
@@ -44,7 +44,7 @@ def test_evidence_bleu_rouge():
 
 def test_aggregate_carries_bootstrap_intervals_and_n():
     """Each metric cell of a (method, dataset) row has its 95 % interval; hand-computed on two items."""
-    from carelab.care.evaluate import CI_METRICS, aggregate
+    from carelab.care.eval.harness import CI_METRICS, aggregate
 
     recs = [{"id": "a", "f1": 1.0, "em": 1.0, "well_formed": True, "gen_seconds": 2.0,
              "quotes": [{"match": "exact"}, {"match": "fuzzy"}]},

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from carelab.care.datasets import Passage, QAExample
-from carelab.care.evaluate import EvalConfig, MethodSpec, run_eval
-from carelab.care.report import (
+from carelab.care.data.examples import Passage, QAExample
+from carelab.care.eval.harness import EvalConfig, MethodSpec, run_eval
+from carelab.care.eval.results import (
     ablation_table,
     collect_rows,
     difference_table,
@@ -136,7 +136,7 @@ def test_report_command_and_errors(tmp_path, monkeypatch):
     import typer
     from typer.testing import CliRunner
 
-    from carelab.care.eval_cli import report_command
+    from carelab.care.cli.eval import report_command
 
     runs = _runs(tmp_path, monkeypatch)
     app = typer.Typer()
@@ -180,7 +180,7 @@ def test_runs_without_intervals_still_render(tmp_path, monkeypatch):
 
 def test_grounding_differences_against_sft_only(tmp_path, monkeypatch):
     """Per-item format / pooled quote shares of each CARE-format method minus SFT-only, from the predictions."""
-    from carelab.care.report import grounding_difference_table
+    from carelab.care.eval.results import grounding_difference_table
 
     runs = _runs(tmp_path, monkeypatch)
     table = grounding_difference_table(collect_rows(runs))

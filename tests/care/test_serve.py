@@ -18,10 +18,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from carelab.care import synth
-from carelab.care.backends import BackendError, BackendOptions, make_backend
-from carelab.care.serve import care_extension, create_app
-from carelab.care.sftdata import SftDataConfig, run_pipeline, sidecar
+from carelab.care.data import synth
+from carelab.care.serve.server import care_extension, create_app
+from carelab.care.sft.backends import BackendError, BackendOptions, make_backend
+from carelab.care.sft.pipeline import SftDataConfig, run_pipeline, sidecar
 from carelab.generation import chat_prompt_ids
 from carelab.runs import read_jsonl
 
@@ -128,7 +128,7 @@ def test_long_prompt_is_refused_quickly_without_generating(served):
 
 
 def test_generation_failure_is_500_in_openai_shape_and_the_worker_survives(served, monkeypatch):
-    import carelab.care.serve as serve_module
+    import carelab.care.serve.server as serve_module
 
     client, _, _ = served
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import uvicorn
 
-from carelab.care.serve import create_app
+from carelab.care.serve.server import create_app
 from carelab.models import load_model
 
 

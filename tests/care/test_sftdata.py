@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from carelab.care import format as care_format
-from carelab.care import synth
-from carelab.care.backends import BackendOptions, HFBackend, RuleBackend
-from carelab.care.sftdata import SftDataConfig, best_window_ratio, insert_tags, run_pipeline, sidecar
+from carelab.care.data import synth
+from carelab.care.sft.backends import BackendOptions, HFBackend, RuleBackend
+from carelab.care.sft.pipeline import SftDataConfig, insert_tags, run_pipeline, sidecar
 from carelab.runs import read_jsonl
 
 FIELDS = {"id", "question", "answer", "level", "context", "supporting_facts", "reasoning", "output", "system",
@@ -98,12 +98,10 @@ def test_filters_drop_wrong_and_incomplete(hotpot_file, tmp_path):
     assert em["stages"]["stage1_reasoning"]["kept"] == s1["kept"]
 
 
-def test_insert_tags_and_similarity():
+def test_insert_tags():
     text = "First the bridge. Ada Kim was born in Lorn. So it is Lorn."
     out = insert_tags(text, ["Ada Kim was born in Lorn."], "Lorn")
     assert care_format.parse(out).retrievals == ["Ada Kim was born in Lorn."]
-    assert best_window_ratio("Ada Kim was born in Lorn.", text) == 1.0
-    assert best_window_ratio("Zed lives on Mars.", text) < 0.6
 
 
 def test_hf_tiny_model_backend(hotpot_file, tmp_path, tiny_qwen):

@@ -9,9 +9,9 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from carelab.care import synth
-from carelab.care.datasets import load_examples
-from carelab.care.facts import candidate_facts, fact_table, known_ids
+from carelab.care.data import synth
+from carelab.care.data.facts import candidate_facts, fact_table, known_ids
+from carelab.care.data.loaders import load_examples
 
 
 def _names(rows) -> set[str]:
@@ -115,7 +115,7 @@ def test_synth_cli(tmp_path):
 def test_check_facts_scores(monkeypatch):
     """check-facts' bookkeeping, with a fake model that knows every other fact and always follows context."""
     import carelab.generation as gen
-    from carelab.care import facts as facts_mod
+    from carelab.care.data import fact_check as facts_mod
 
     by_q = {f.question: f for f in candidate_facts()[:10]}
 
@@ -178,12 +178,12 @@ def _templates(style: synth.Style, *, questions: bool) -> list[str]:
 
 
 def _train_family(questions: bool) -> list[re.Pattern]:
-    from carelab.care.facts import _FREE, _GROUPS
+    from carelab.care.data.facts import table_data
 
     out = [_rx(t) for name in ("default", "mixed") for t in _templates(synth._style(name), questions=questions)]
-    out += [_rx(q if questions else s) for _, _, q, s in _GROUPS]
+    out += [_rx(g["question"] if questions else g["sentence"]) for g in table_data()["groups"]]
     if questions:
-        out += [re.compile(re.escape(q)) for _, _, q, _, _ in _FREE]
+        out += [re.compile(re.escape(q)) for _, _, q, _, _ in table_data()["free"]]
     return out
 
 
@@ -218,7 +218,7 @@ def test_heldout_wording_is_disjoint_from_the_training_family(kind):
                  for t in g}
     assert not [q for q in questions if any(f in q for f in np_frames)]
     if kind == "cofca":  # free-form facts keep their clause after "It is recorded that": compare sentences only
-        from carelab.care.facts import candidate_facts
+        from carelab.care.data.facts import candidate_facts
 
         default = {s for f in candidate_facts() for s in (f.sentence, f.altered_sentence)}
         assert not default & set(sentences)
@@ -258,8 +258,8 @@ def test_heldout_evidence_states_the_answer(tmp_path, kind):
 
 
 def test_heldout_cofca_keeps_the_answer_and_states_it_once():
-    from carelab.care.facts import candidate_facts
-    from carelab.care.metrics import normalize_answer
+    from carelab.care.data.facts import candidate_facts
+    from carelab.care.eval.metrics import normalize_answer
 
     facts = {f.id: f for f in candidate_facts()}
     rows = synth.generate("cofca", 80, 1, split="test", style="heldout")
@@ -296,7 +296,7 @@ def test_mixed_varies_wording_within_the_training_family():
 @pytest.mark.parametrize(("kind", "split"), [("hotpotqa", "test"), ("cofca", "test"), ("cofca", "train"),
                                              ("musique", "test"), ("drop", "test")])
 def test_rule_pipeline_solves_heldout_items(tmp_path, kind, split):
-    from carelab.care.sftdata import SftDataConfig, run_pipeline
+    from carelab.care.sft.pipeline import SftDataConfig, run_pipeline
 
     src = synth.write(kind, 30, 0, tmp_path / f"in{synth.SUFFIX[kind]}", split=split, style="heldout")
     stats = run_pipeline(SftDataConfig(input=str(src), format=kind, out=str(tmp_path / "sft.jsonl")),

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from carelab.care import synth
-from carelab.care.sftdata import SftDataConfig, run_pipeline
-from carelab.care.train import GRPORunConfig, SFTRunConfig, run_grpo, run_sft
+from carelab.care.data import synth
+from carelab.care.sft.pipeline import SftDataConfig, run_pipeline
+from carelab.care.train.config import GRPORunConfig, SFTRunConfig
+from carelab.care.train.grpo import run_grpo
+from carelab.care.train.sft import run_sft
 
 TINY = "tiny-random-qwen2"
 
@@ -109,8 +111,8 @@ def test_grpo_from_sft_adapter_stacks_exactly(data, tmp_path):
 
 
 def test_long_prompts_drop_or_truncate(data, tmp_path):
-    from carelab.care.datasets import load_examples
-    from carelab.care.train import grpo_rows
+    from carelab.care.data.loaders import load_examples
+    from carelab.care.train.grpo import grpo_rows
     from carelab.models import load_tokenizer
 
     tok = load_tokenizer(TINY)

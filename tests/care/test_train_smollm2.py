@@ -6,9 +6,11 @@ import json
 
 import pytest
 
-from carelab.care import synth
-from carelab.care.sftdata import SftDataConfig, run_pipeline
-from carelab.care.train import GRPORunConfig, SFTRunConfig, run_grpo, run_sft
+from carelab.care.data import synth
+from carelab.care.sft.pipeline import SftDataConfig, run_pipeline
+from carelab.care.train.config import GRPORunConfig, SFTRunConfig
+from carelab.care.train.grpo import run_grpo
+from carelab.care.train.sft import run_sft
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # 135M SFT + GRPO on CPU
 

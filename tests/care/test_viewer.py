@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from carelab.care import viewer
-from carelab.care.report import viewer_records
+from carelab.care.eval import viewer
+from carelab.care.eval.results import viewer_records
 
 CONTEXT = ("Alice was born in Paris.\nShe moved to   Rome in 1990. <script>alert('x')</script>\n"
            "Bob sells bread & cheese.")
 
 
 def quotes():
-    return [{"text": "She moved to Rome in 1990.", "match": "exact"},          # whitespace differs in context
+    return [{"text": "Alice was born in Paris.", "match": "exact"},
             {"text": "bob sells bread and cheese", "match": "fuzzy"},
             {"text": "Unicorns live on Mars.", "match": "none"}]
 
@@ -29,7 +29,7 @@ def record(label: str, dataset: str, f1: float = 1.0, idx: int = 0, **kw) -> dic
     rec = {"id": f"q{idx}", "label": label, "dataset_name": dataset, "question": "Where did <she> move?",
            "answers": ["Rome"], "prediction": "Rome <b>", "f1": f1, "well_formed": True, "context": CONTEXT,
            "quotes": quotes(), "raw": "<think>…</think>",
-           "think": "I see <retrieval>She moved to Rome in 1990.</retrieval> and "
+           "think": "I see <retrieval>Alice was born in Paris.</retrieval> and "
                     "<retrieval>Unicorns live on Mars.</retrieval>"}
     return rec | kw
 
@@ -51,9 +51,16 @@ def columns(card: str) -> dict[str, str]:
 def test_locate_quotes_exact_fuzzy_none():
     spans = viewer.locate_quotes(CONTEXT, quotes())
     got = {label: CONTEXT[s:e] for s, e, label, _ in spans}
-    assert got["exact"] == "She moved to   Rome in 1990."
+    assert got["exact"] == "Alice was born in Paris."
     assert got["fuzzy"] == "Bob sells bread & cheese."
     assert len(spans) == 2  # the "none" quote has no place in the context
+
+
+def test_highlight_label_is_the_matchers_not_the_records():
+    """A quote whose spacing differs from the context is no substring of it: the reward calls it fuzzy there,
+    and so does the highlight, whatever label the record carries."""
+    (span,) = viewer.locate_quotes(CONTEXT, [{"text": "She moved to Rome in 1990.", "match": "exact"}])
+    assert CONTEXT[span[0]:span[1]] == "She moved to   Rome in 1990." and span[2] == "fuzzy"
 
 
 def test_html_is_escaped_and_marked():
@@ -83,7 +90,7 @@ def test_one_card_per_item_with_a_column_per_method():
 
 def test_labels_shown_are_the_matchers():
     """Badges carry the evaluation-time label; the highlighted spans are exactly ``locate_quotes``'s."""
-    only_fuzzy = [quotes()[1], {"text": "Alice was born in Paris.", "match": "exact"}]
+    only_fuzzy = [quotes()[1], {"text": "She moved to Rome in 1990.", "match": "exact"}]
     records = [record("care", "HotpotQA"), record("sft", "HotpotQA", quotes=quotes()),
                record("other", "HotpotQA", quotes=only_fuzzy), plain("original", "HotpotQA", 0.0, 0)]
     (card,) = cards(viewer.render_viewer(records))
@@ -159,7 +166,7 @@ def test_viewer_renders_in_headless_chromium(tmp_path):
 
     dom = dump("")
     # The highlighted spans made it into the rendered DOM, with the escaped text intact: one card per item.
-    assert len(re.findall(r'<mark class="q q-exact"[^>]*>She moved to\s+Rome in 1990\.</mark>', dom)) == 3
+    assert len(re.findall(r'<mark class="q q-exact"[^>]*>Alice was born in Paris\.</mark>', dom)) == 3
     assert len(re.findall(r'<mark class="q q-fuzzy"[^>]*>Bob sells bread &amp; cheese\.</mark>', dom)) == 3
     assert "<script>alert" not in dom.split("<main>")[1].split("</main>")[0]
     assert '<span id="shown">3</span>' in dom and shown_items(dom) == ["item0", "item1", "item2"]

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from carelab.care import synth
-from carelab.care.sftdata import SftDataConfig, run_pipeline
-from carelab.care.train import SFTRunConfig, run_sft
+from carelab.care.data import synth
+from carelab.care.sft.pipeline import SftDataConfig, run_pipeline
+from carelab.care.train.config import SFTRunConfig
+from carelab.care.train.sft import run_sft
 
 
 @pytest.fixture(scope="module")

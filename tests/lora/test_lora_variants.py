@@ -146,8 +146,9 @@ def test_sft_output_reloads_on_a_fresh_base_with_the_trained_logits(name, sft_fi
     import json
 
     import carelab.lora.variants as variants
-    from carelab.care.adapters import STACKABLE_ADAPTERS
-    from carelab.care.train import SFTRunConfig, run_sft
+    from carelab.care.train.adapters import STACKABLE_ADAPTERS
+    from carelab.care.train.config import SFTRunConfig
+    from carelab.care.train.sft import run_sft
 
     trained = {}
     prepare = variants.prepare_adapter

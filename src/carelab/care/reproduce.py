@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from carelab.care.shipped import BUNDLED_LABEL
-from carelab.care.train import FINAL_ADAPTER
+from carelab.care.train.config import FINAL_ADAPTER
 from carelab.presets import build_config, load_preset
 from carelab.runs import InputError, save_config, to_jsonable
 
@@ -75,7 +75,7 @@ def _run_stage(out: Path, name: str, fn, *args, **kwargs) -> Any:
 
 def _synth_set(spec: dict[str, Any], seed: int, path: Path, split: str, where: str) -> str:
     """Write one synthetic set described by ``{kind, n, style, …options}``; returns its path."""
-    from carelab.care import synth
+    from carelab.care.data import synth
 
     opts = dict(spec)
     try:
@@ -105,7 +105,7 @@ def _make_data(cfg: ReproduceConfig, data_dir: Path) -> dict[str, Any]:
 
 def _make_sft_data(sources: list[str], out_file: Path) -> dict:
     """Rule-pipeline traces from every source, concatenated (the trainer shuffles)."""
-    from carelab.care.sftdata import SftDataConfig, run_pipeline
+    from carelab.care.sft.pipeline import SftDataConfig, run_pipeline
 
     stats = {}
     parts = []
@@ -120,7 +120,8 @@ def _make_sft_data(sources: list[str], out_file: Path) -> dict:
 
 
 def _sft(cfg: ReproduceConfig, sft_file: str, out: Path) -> dict:
-    from carelab.care.train import SFTRunConfig, run_sft
+    from carelab.care.train.config import SFTRunConfig
+    from carelab.care.train.sft import run_sft
 
     sft_cfg = build_config(SFTRunConfig, cfg.sft, {"data": [sft_file], "out": str(out), "model": cfg.model,
                                                    "seed": cfg.seed, "resume": True}, cfg.preset)
@@ -128,7 +129,8 @@ def _sft(cfg: ReproduceConfig, sft_file: str, out: Path) -> dict:
 
 
 def _grpo(cfg: ReproduceConfig, data: dict[str, Any], sft_dir: Path, out: Path, **ablation: Any) -> dict:
-    from carelab.care.train import GRPORunConfig, run_grpo
+    from carelab.care.train.config import GRPORunConfig
+    from carelab.care.train.grpo import run_grpo
 
     grpo_cfg = build_config(GRPORunConfig, cfg.grpo, {"easy": [data["easy"]], "hard": [data["hard"]],
                                                       "init_adapter": str(sft_dir), "out": str(out),
@@ -139,7 +141,7 @@ def _grpo(cfg: ReproduceConfig, data: dict[str, Any], sft_dir: Path, out: Path, 
 
 def _method_specs(cfg: ReproduceConfig, root: Path) -> list:
     """The rows of the main table, in the preset's order (default: Original, SFT-only, CARE)."""
-    from carelab.care.evaluate import MethodSpec
+    from carelab.care.eval.harness import MethodSpec
     from carelab.care.shipped import default_adapter, is_embedded
 
     specs = []
@@ -171,7 +173,7 @@ def _eval_options(cfg: ReproduceConfig) -> dict[str, Any]:
 
 
 def _evaluate(cfg: ReproduceConfig, tests: list[str], methods: list, out: Path) -> dict:
-    from carelab.care.evaluate import EvalConfig, run_eval
+    from carelab.care.eval.harness import EvalConfig, run_eval
 
     run_eval(EvalConfig(data=tests, methods=methods, out=str(out), model=cfg.model, seed=cfg.seed,
                         **_eval_options(cfg)))
@@ -198,7 +200,7 @@ def _evaluate_ablations(cfg: ReproduceConfig, data: dict[str, Any], main_root: P
     predictions are copied from the main evaluation, not generated again (greedy: they would be equal)."""
     import shutil
 
-    from carelab.care.evaluate import MethodSpec, predictions_path
+    from carelab.care.eval.harness import MethodSpec, predictions_path
 
     names = cfg.eval.get("ablation_tests") or list(data["tests"])
     unknown = [n for n in names if n not in data["tests"]]

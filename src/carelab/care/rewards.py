@@ -7,27 +7,21 @@ function's mean and, when every function says ``None``, out of the group baselin
 silent 0.0 would bias the advantages; each such case is counted (:func:`unscored_counts`) and logged.
 A dataset column of the wrong length is a ``ValueError``, never padded. Defaults reproduce the public
 CARE reward exactly (see docs/care.md); options (off by default) add LongBench-normalised F1, exact-only
-quotes and an anti-copy guard. The fuzzy quote check is written by hand because no library offers the
-official word-window ``difflib`` rule; we prune windows with an exact upper bound on the ratio so the
-result is identical to the quadratic scan but far faster on long contexts.
+quotes and an anti-copy guard. Quotes are labelled by the one matcher, :mod:`carelab.care.quotes`.
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
-import sys
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from carelab.care import format as care_format
-from carelab.care.metrics import normalize_answer, token_f1
+from carelab.care.eval.metrics import normalize_answer, token_f1
+from carelab.care.quotes import FUZZY_THRESHOLD, quote_match
 
-FUZZY_THRESHOLD = 0.85
 NO_QUOTE_RETRIEVAL_REWARD = 0.2
 DEFAULT_WEIGHTS = (0.7, 0.1, 0.2)  # accuracy, format, retrieval
 
@@ -195,162 +189,6 @@ def format_reward(completions: list, **kwargs: Any) -> list[float | None]:
 
 
 # --------------------------------------------------------------------------- retrieval
-#: Memory the cached context indexes may hold together; a context whose index alone is larger is not cached.
-INDEX_CACHE_BYTES = 256 * 2**20
-
-
-class _ContextIndex:
-    """Lower-cased context words with per-character prefix counts, built once per context.
-
-    The ratio of ``difflib.SequenceMatcher`` is bounded above by ``quick_ratio`` (2·|multiset char
-    intersection| / total length). Prefix counts give that bound for every window at once, so only
-    windows that could reach the threshold are checked with difflib itself.
-    """
-
-    def __init__(self, context: str):
-        self.words = context.lower().split()
-        lens = np.fromiter((len(w) for w in self.words), dtype=np.int64, count=len(self.words))
-        self.len_prefix = np.concatenate([[0], np.cumsum(lens)])
-        joined = " ".join(self.words)
-        # surrogatepass: a lone surrogate (JSON allows "\ud800") counts as one code point like any other
-        self._codes = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        self._word_of_char = np.cumsum(self._codes == ord(" "))  # words are joined by single spaces
-        self._char_prefix: dict[str, np.ndarray] = {}
-        self._char_totals: dict[str, int] | None = None
-        self.budget = INDEX_CACHE_BYTES
-        self.on_grow: Callable[[int], None] | None = None  # tells the cache about lazily added arrays
-        # the words (object headers + text), the arrays, and the context string kept as the cache key
-        self.nbytes = (sys.getsizeof(context) + sum(map(sys.getsizeof, self.words)) + 8 * len(self.words)
-                       + self.len_prefix.nbytes + self._codes.nbytes + self._word_of_char.nbytes)
-
-    def char_prefix(self, ch: str) -> np.ndarray:
-        """Prefix sums over words of how often ``ch`` occurs in each word (kept while the budget allows)."""
-        arr = self._char_prefix.get(ch)
-        if arr is None:
-            counts = np.bincount(self._word_of_char[self._codes == ord(ch)], minlength=len(self.words))
-            arr = np.concatenate([[0], np.cumsum(counts[: len(self.words)])])
-            if self.nbytes + arr.nbytes <= self.budget:
-                self._char_prefix[ch] = arr
-                self.nbytes += arr.nbytes
-                if self.on_grow is not None:
-                    self.on_grow(arr.nbytes)
-        return arr
-
-    @property
-    def char_totals(self) -> dict[str, int]:
-        """How often each character occurs in the context (to test the rarest span characters first)."""
-        if self._char_totals is None:
-            codes, counts = np.unique(self._codes, return_counts=True)
-            self._char_totals = {chr(c): int(k) for c, k in zip(codes.tolist(), counts.tolist(), strict=True)}
-        return self._char_totals
-
-    def fuzzy_contains(self, span_lower: str, threshold: float) -> bool:
-        """True iff some window of len(span words) words has difflib ratio ≥ threshold (official rule).
-
-        Characters are added to the bound rarest first, and after each one windows are dropped whose bound
-        stays below the threshold even if every remaining span character matched, so a quote unlike the
-        context is rejected after a few cheap passes instead of one per distinct character.
-        """
-        n = len(span_lower.split())
-        n_windows = len(self.words) - n + 1
-        if n == 0 or n_windows <= 0:
-            return False
-        span_counts = Counter(span_lower)
-        la = self.len_prefix[n:] - self.len_prefix[:n_windows] + (n - 1)  # window length incl. spaces
-        total = np.maximum(la + len(span_lower), 1)
-        cand = np.nonzero(2.0 * np.minimum(la, len(span_lower)) / total >= threshold)[0]
-        inter = np.zeros(len(cand), dtype=np.int64)
-        remaining = len(span_lower)  # span characters not yet counted: at most this many more can match
-        totals = self.char_totals
-        for ch, cnt in sorted(span_counts.items(), key=lambda kv: (totals.get(kv[0], 0), -kv[1])):
-            if not len(cand):
-                return False
-            remaining -= cnt
-            if ch == " ":
-                inter += min(cnt, n - 1)
-            elif ch in totals:
-                pre = self.char_prefix(ch)
-                inter += np.minimum(pre[cand + n] - pre[cand], cnt)
-            keep = 2.0 * (inter + remaining) / total[cand] >= threshold
-            cand, inter = cand[keep], inter[keep]
-        for i in cand.tolist():
-            window = " ".join(self.words[i:i + n])
-            if difflib.SequenceMatcher(None, window, span_lower).ratio() >= threshold:
-                return True
-        return False
-
-
-class _IndexCache:
-    """LRU cache of context indexes bounded by their bytes (a GRPO group scores several completions per context)."""
-
-    def __init__(self, max_bytes: int = INDEX_CACHE_BYTES):
-        self.max_bytes = max_bytes
-        self.nbytes = 0
-        self._items: OrderedDict[str, _ContextIndex] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def _grew(self, n: int) -> None:
-        self.nbytes += n
-
-    def clear(self) -> None:
-        for idx in self._items.values():
-            idx.on_grow = None
-        self._items.clear()
-        self.nbytes = 0
-
-    def get(self, context: str) -> _ContextIndex:
-        """The index of ``context``, built if needed; least recently used indexes go first when over budget."""
-        idx = self._items.get(context)
-        if idx is not None:
-            self._items.move_to_end(context)
-            return idx
-        idx = _ContextIndex(context)
-        if idx.nbytes > self.max_bytes:  # too big to keep: use once, keep the others
-            return idx
-        idx.budget, idx.on_grow = self.max_bytes, self._grew
-        self._items[context] = idx
-        self.nbytes += idx.nbytes
-        self.shrink()
-        return idx
-
-    def shrink(self) -> None:
-        """Evict least recently used indexes until the cache fits its byte budget (the newest always stays)."""
-        while self.nbytes > self.max_bytes and len(self._items) > 1:
-            _, old = self._items.popitem(last=False)
-            old.on_grow = None
-            self.nbytes -= old.nbytes
-
-
-_INDEX_CACHE = _IndexCache()
-
-
-def _context_index(context: str) -> _ContextIndex:
-    """The cached index of one context; cache growth from lazily added prefix arrays is trimmed here too."""
-    idx = _INDEX_CACHE.get(context)
-    _INDEX_CACHE.shrink()
-    return idx
-
-
-def quote_match(span: str, context: str, threshold: float = FUZZY_THRESHOLD) -> str:
-    """Label one quote: ``"exact"`` (case-sensitive substring), ``"fuzzy"`` (official window rule) or ``"none"``.
-
-    >>> quote_match("Paris is the capital", "Paris is the capital of France.")
-    'exact'
-    >>> quote_match("paris is teh capital", "Paris is the capital of France.")
-    'fuzzy'
-    """
-    span = care_format.collapse_ws(span)
-    if not span:
-        return "none"
-    if span in context:
-        return "exact"
-    if _context_index(context).fuzzy_contains(span.lower(), threshold):
-        return "fuzzy"
-    return "none"
-
-
 @dataclass(frozen=True)
 class RetrievalOptions:
     """Retrieval-reward options; the defaults are the official rule."""

@@ -92,8 +92,14 @@ def ship_from_run(run_dir: str, dest: str | None = None, label: str = "CARE", ba
     bundled adapter must clear — unless ``force``. The adapter's base is the run's model; only an adapter of the
     embedded model may become the bundled default (``dest`` None), others need a ``dest``.
     """
-    from carelab.care.report import collect_rows, difference_table, main_table, paired_comparison, with_ci
-    from carelab.care.train import FINAL_ADAPTER
+    from carelab.care.eval.results import (
+        collect_rows,
+        difference_table,
+        main_table,
+        paired_comparison,
+        with_ci,
+    )
+    from carelab.care.train.config import FINAL_ADAPTER
     from carelab.models import DEFAULT_MODEL
     from carelab.report import markdown_table
     from carelab.runs import InputError

@@ -35,7 +35,7 @@ def synth_command(
                               "phrasings, for SFT) | heldout (unseen context style and question templates, for "
                               "generalisation tests; use with --split test)."),
 ) -> None:
-    from carelab.care import synth
+    from carelab.care.data import synth
 
     if kind not in synth.KINDS:
         raise _fail(f"--kind must be one of {', '.join(synth.KINDS)}, got {kind!r}")
@@ -62,7 +62,7 @@ def convert_command(
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip malformed rows (and report how many)."),
     limit: int | None = typer.Option(None, "--limit"),
 ) -> None:
-    from carelab.care.datasets import load_examples_with_report
+    from carelab.care.data.loaders import load_examples_with_report
     from carelab.runs import InputError, write_jsonl
 
     try:
@@ -91,7 +91,8 @@ def check_facts_command(
 ) -> None:
     from rich.progress import Progress
 
-    from carelab.care.facts import CheckFactsConfig, candidate_facts, check_facts
+    from carelab.care.data.fact_check import CheckFactsConfig, check_facts
+    from carelab.care.data.facts import candidate_facts
     from carelab.models import ModelSpecError, load_model
     from carelab.runs import save_config, write_jsonl
 
@@ -140,8 +141,8 @@ def sft_data_command(
     item_delay: float = typer.Option(0.0, "--item-delay", help="Pause after each item (rate-limited APIs)."),
 ) -> None:
     """Three-stage SFT data pipeline: reason -> keep correct -> inject evidence -> keep complete -> tag."""
-    from carelab.care.backends import BackendError
-    from carelab.care.sftdata import SftDataConfig, run_pipeline
+    from carelab.care.sft.backends import BackendError
+    from carelab.care.sft.pipeline import SftDataConfig, run_pipeline
     from carelab.models import ModelSpecError
     from carelab.runs import InputError
 
@@ -169,7 +170,7 @@ def serve_command(
                                   "more get HTTP 429."),
 ) -> None:
     """OpenAI-compatible chat server (/v1/models, /v1/chat/completions) for any model spec (+adapter)."""
-    from carelab.care.serve import serve
+    from carelab.care.serve.server import serve
     from carelab.models import ModelSpecError
 
     try:

@@ -363,7 +363,7 @@ def viewer_records(rows: Sequence[dict], max_per_group: int | None = 20) -> list
     Why: the viewer puts every method's answer to an item side by side, so each method contributes the
     same items; items every method evaluated come first (complete cards), then file order.
     """
-    from carelab.care.viewer import item_key
+    from carelab.care.eval.viewer import item_key
 
     sources = []  # (label, dataset, predictions file)
     for r in rows:
@@ -394,7 +394,7 @@ def viewer_records(rows: Sequence[dict], max_per_group: int | None = 20) -> list
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, max_viewer_examples: int | None = 20
                  ) -> dict[str, Path]:
     """Write ``report.md``, ``results.csv``, ``scores.png`` and ``viewer.html`` for one or more runs."""
-    from carelab.care.viewer import write_viewer
+    from carelab.care.eval.viewer import write_viewer
 
     if not run_dirs:
         raise InputError("RUN_DIR", "give at least one run directory")

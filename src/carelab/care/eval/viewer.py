@@ -3,7 +3,7 @@
 Why: a number like "82 % of quotes occur in the context" is only trustworthy when one can *see* the
 quotes, and a method is only judged fairly next to the others on the same item. So the page has one card
 per (dataset, item): the question, the gold and the context the model saw, shown once, with one method's
-quoted spans highlighted where they occur (green: exact substring, amber: fuzzy — the official 0.85
+quoted spans highlighted where they occur (green: exact substring, amber: fuzzy — the official
 word-window rule; a button per method switches which), and below it a column per method with its answer,
 F1, format flag, quotes (red: occur nowhere), reasoning and raw output. One HTML file, no external assets
 or scripts, every piece of text HTML-escaped; a small inline script shows/hides method columns and filters
@@ -13,7 +13,6 @@ items by dataset, imperfect answers and disagreement (also from the URL:
 
 from __future__ import annotations
 
-import difflib
 import html
 import json
 import re
@@ -22,64 +21,27 @@ from pathlib import Path
 from typing import Any
 
 from carelab.care import format as care_format
-from carelab.care.metrics import normalize_answer
+from carelab.care.eval.metrics import normalize_answer
+from carelab.care.quotes import FUZZY_THRESHOLD, locate
 
-FUZZY_THRESHOLD = 0.85
-_WORD = re.compile(r"\S+")
 _TAG_RE = re.compile(
     re.escape(html.escape(care_format.RETRIEVAL_OPEN)) + r"(.*?)" + re.escape(html.escape(care_format.RETRIEVAL_CLOSE)),
     re.DOTALL,
 )
 
 
-def _exact_span(context: str, quote: str) -> tuple[int, int] | None:
-    """Where a whitespace-collapsed quote occurs in the context, tolerating any whitespace between words."""
-    words = quote.split()
-    if not words:
-        return None
-    m = re.search(r"\s+".join(re.escape(w) for w in words), context)
-    return (m.start(), m.end()) if m else None
-
-
-def _fuzzy_span(context: str, quote: str, threshold: float = FUZZY_THRESHOLD) -> tuple[int, int] | None:
-    """The best window of as many words as the quote whose lowercased difflib ratio reaches the threshold."""
-    target = " ".join(quote.lower().split())
-    n = len(target.split())
-    spans = [(m.start(), m.end(), m.group().lower()) for m in _WORD.finditer(context)]
-    if n == 0 or len(spans) < n:
-        return None
-    sm = difflib.SequenceMatcher(None, "", target, autojunk=False)
-    best, best_ratio = None, threshold
-    for i in range(len(spans) - n + 1):
-        window = " ".join(s[2] for s in spans[i:i + n])
-        sm.set_seq1(window)
-        if sm.real_quick_ratio() < best_ratio or sm.quick_ratio() < best_ratio:
-            continue
-        r = sm.ratio()
-        if r >= best_ratio:
-            best, best_ratio = (spans[i][0], spans[i + n - 1][1]), r
-            if r == 1.0:
-                break
-    return best
-
-
 def locate_quotes(context: str, quotes: Sequence[dict]) -> list[tuple[int, int, str, int]]:
     """Character spans ``(start, end, match, quote_index)`` of the quotes found in ``context``, non-overlapping.
 
-    ``match`` is the label computed at evaluation time (``exact``/``fuzzy``/``none``); quotes labelled
-    ``none`` — and quotes that occur only in the question part of the prompt — get no span.
+    Placed and labelled by :func:`carelab.care.quotes.locate`, the matcher the reward uses, so a highlight's
+    label is the reward's decision on this context; quotes found nowhere in it (``none``, or only in the
+    question part of the prompt) get no span.
     """
     found: list[tuple[int, int, str, int]] = []
     for i, q in enumerate(quotes):
-        label = q.get("match", "none")
-        text = str(q.get("text", ""))
-        if label == "none" or not text.strip():
-            continue
-        span = _exact_span(context, text) if label == "exact" else None
-        if span is None:
-            span = _fuzzy_span(context, text)
+        span = locate(str(q.get("text", "")), context)
         if span is not None:
-            found.append((span[0], span[1], label, i))
+            found.append((span.start, span.end, span.label, i))
     found.sort()
     out: list[tuple[int, int, str, int]] = []
     end = -1
@@ -375,7 +337,7 @@ def render_viewer(records: Sequence[dict[str, Any]], title: str = "CARE evidence
 <label><input type="checkbox" id="f-split"> F1 differs</label>
 · showing <span id="shown">{len(items)}</span> of {len(items)} items</div>
 <div class="legend meta"><span><mark class="q-exact">exact quote</mark></span><span><mark class="q-fuzzy">fuzzy quote
- (≥ 0.85 word-window similarity)</mark></span><span><span class="badge q-none">not in context</span></span>
+ (≥ {FUZZY_THRESHOLD:g} word-window similarity)</mark></span><span><span class="badge q-none">not in context</span></span>
 <span>filters count only the methods shown</span></div>
 </header>
 <main>{body}</main>

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from carelab.care import format as care_format
 from carelab.care import rewards
+from carelab.care.quotes import quote_match
 from carelab.generation import GenerationSettings, chat_prompt_ids, generate_from_ids
 
 
@@ -43,7 +44,7 @@ def check(raw: str, question: str, context: str, gold: str | None = None, eos: s
           truncated: bool = False) -> AskResult:
     """Parse a completion and score it: quote labels, format and retrieval reward, accuracy if gold is known."""
     out = care_format.parse(raw, eos=eos or ())
-    quotes = [Quote(q, rewards.quote_match(q, context)) for q in out.retrievals]
+    quotes = [Quote(q, quote_match(q, context)) for q in out.retrievals]
     scores = {"format": rewards.format_score(out.text), "retrieval": rewards.retrieval_score(out.text, context)}
     if gold is not None:
         scores = rewards.care_reward_breakdown(out.text, gold, context)

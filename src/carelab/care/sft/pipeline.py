@@ -14,7 +14,6 @@ Per-stage kept/dropped counts are printed and saved in ``<out>.stats.json``; the
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import time
@@ -24,7 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from carelab.care import format as care_format
-from carelab.care.backends import (
+from carelab.care.data.examples import QAExample
+from carelab.care.data.loaders import load_examples_with_report
+from carelab.care.eval.metrics import best_over_golds, exact_match, qa_f1_score
+from carelab.care.quotes import locate, quote_match
+from carelab.care.sft.backends import (
     PROMPT_VERSION,
     Backend,
     BackendOptions,
@@ -32,8 +35,6 @@ from carelab.care.backends import (
     make_backend,
     parse_reasoning,
 )
-from carelab.care.datasets import QAExample, load_examples_with_report
-from carelab.care.metrics import best_over_golds, exact_match, qa_f1_score
 from carelab.runs import JsonlAppender, read_jsonl, save_config
 
 
@@ -103,29 +104,13 @@ def correctness(pred: str, golds: list[str], metric: str) -> float:
     return best_over_golds(fn, pred, golds) if pred.strip() else 0.0
 
 
-def best_window_ratio(fact: str, text: str) -> float:
-    """Best difflib ratio between ``fact`` and any same-length word window of ``text`` (lowercased)."""
-    fw, tw = fact.lower().split(), text.lower().split()
-    if not fw:
-        return 1.0
-    if len(tw) <= len(fw):
-        return difflib.SequenceMatcher(None, " ".join(fw), " ".join(tw)).ratio()
-    target = " ".join(fw)
-    best = 0.0
-    for i in range(len(tw) - len(fw) + 1):
-        sm = difflib.SequenceMatcher(None, target, " ".join(tw[i:i + len(fw)]))
-        if sm.quick_ratio() <= best:
-            continue
-        best = max(best, sm.ratio())
-        if best == 1.0:
-            break
-    return best
-
-
 def fact_present(fact: str, text: str, mode: str, threshold: float) -> bool:
-    if care_format.collapse_ws(fact) in care_format.collapse_ws(text):
-        return True
-    return mode == "similarity" and best_window_ratio(care_format.collapse_ws(fact), text) >= threshold
+    """Stage 2's completeness test: the fact verbatim (whitespace-collapsed) in the text, or in ``similarity``
+    mode a word window at least ``threshold`` similar (the quote matcher's rule, with this threshold)."""
+    if not care_format.collapse_ws(fact):
+        return True  # nothing to find (a missing supporting sentence) is not a missing fact
+    label = quote_match(fact, care_format.collapse_ws(text), threshold)
+    return label == "exact" or (mode == "similarity" and label == "fuzzy")
 
 
 def insert_tags(text: str, facts: list[str], answer: str) -> str:
@@ -138,20 +123,9 @@ def insert_tags(text: str, facts: list[str], answer: str) -> str:
     spans: list[tuple[int, int, str]] = []
     for fact in facts:
         f = care_format.collapse_ws(fact)
-        pos = text.find(f)
-        if pos >= 0:
-            spans.append((pos, pos + len(f), f))
-            continue
-        words = text.split()
-        n = len(f.split())
-        best, best_i = -1.0, 0
-        for i in range(max(1, len(words) - n + 1)):
-            r = difflib.SequenceMatcher(None, f.lower(), " ".join(words[i:i + n]).lower()).ratio()
-            if r > best:
-                best, best_i = r, i
-        start = len(" ".join(words[:best_i])) + (1 if best_i else 0)
-        end = start + len(" ".join(words[best_i:best_i + n]))
-        spans.append((start, end, f))
+        found = locate(f, text, threshold=0.0)  # the exact occurrence, else the most similar word window
+        if found is not None:
+            spans.append((found.start, found.end, f))
     spans.sort()
     parts: list[tuple[str, bool]] = []
     cursor = 0

@@ -2,7 +2,7 @@
 
 Every backend offers the same two jobs — ``reason`` (answer a question with step-by-step reasoning)
 and ``inject`` (rewrite a reasoning so it states given supporting facts word for word) — so the
-pipeline in :mod:`carelab.care.sftdata` never cares which one runs. Prompts are ours and versioned
+pipeline in :mod:`carelab.care.sft.pipeline` never cares which one runs. Prompts are ours and versioned
 (:data:`PROMPT_VERSION` goes into every cache key and output record): changing a prompt means bumping
 the version, which invalidates cached answers instead of silently mixing two prompts.
 
@@ -25,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from carelab.care import format as care_format
-from carelab.care.datasets import QAExample, split_sentences
+from carelab.care.data.examples import QAExample
+from carelab.care.data.loaders import split_sentences
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ questions chain 2–4 of those facts (bridge) or compare two (comparison), and t
 
 Train and test worlds never share a name: each split builds names from its own consonant set, so no
 entity, title or question can appear in both. Everything is a pure function of (kind, n, seed, split).
-The counterfactual (CofCA-shaped) kind uses the real common-knowledge :mod:`carelab.care.facts` table,
+The counterfactual (CofCA-shaped) kind uses the real common-knowledge :mod:`carelab.care.data.facts` table,
 split by a hash of the fact id, with long distractor contexts (the altered fact stated once).
 Each world can be worded in one of :data:`STYLES` (:class:`Style`): the original ``default``, the varied
 ``mixed`` training family, or the ``heldout`` family that training never sees (generalisation tests).
@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from carelab.care.data.facts import fact_table
 
 KINDS = ("hotpotqa", "2wiki", "musique", "drop", "msmarco", "longbench", "cofca")
 SPLITS = ("train", "test")
@@ -789,8 +791,6 @@ def cofca_item(fact, counterfactual: bool, rng: random.Random, split: str, *, co
 
 def _cofca_rows(n: int, seed: int, split: str, *, context_words: int = 450, distractors: int = 0,
                 counterfactual_rate: float = 0.7, style: str = "default", **_: Any) -> list[dict]:
-    from carelab.care.facts import fact_table
-
     facts = [f for f in fact_table() if fact_split(f.id) == split]
     order = list(range(len(facts)))
     random.Random(f"cofca-order|{split}|{seed}").shuffle(order)

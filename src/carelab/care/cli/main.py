@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from carelab.care.data_cli import sft_data_command
-from carelab.care.eval_cli import eval_command, report_command
+from carelab.care.cli.data import sft_data_command
+from carelab.care.cli.eval import eval_command, report_command
 from carelab.care.shipped import resolve_adapter
 
 app = typer.Typer(no_args_is_help=True)
@@ -85,7 +85,7 @@ def ask_command(
     as_json: bool = typer.Option(False, "--json", help="Print the parsed structure and reward breakdown as JSON."),
 ) -> None:
     """Answer a question over a document; show the reasoning with each quote checked against the document."""
-    from carelab.care.ask import ask_many
+    from carelab.care.serve.ask import ask_many
     from carelab.models import ModelSpecError, load_model
     from carelab.runs import to_jsonable
 
@@ -141,7 +141,7 @@ def demo_command(
 
     from rich.progress import Progress
 
-    from carelab.care.ask import ask_many
+    from carelab.care.serve.ask import ask_many
     from carelab.models import load_model
     from carelab.runs import read_jsonl
 
@@ -234,7 +234,8 @@ def sft_command(
                                                                     example="--trl lr_scheduler_type=linear")),
 ) -> None:
     """SFT on CARE-format reasoning traces (loss on the assistant turn only)."""
-    from carelab.care.train import SFTRunConfig, run_sft
+    from carelab.care.train.config import SFTRunConfig
+    from carelab.care.train.sft import run_sft
     from carelab.presets import build_config
 
     section, source = _preset_section(preset, "sft")
@@ -298,7 +299,8 @@ def grpo_command(
     scale_rewards, epsilon_high, mask_truncated_completions, vllm_mode, log_completions, …) is reachable
     with --trl key=value or a preset's `trl:` mapping.
     """
-    from carelab.care.train import GRPORunConfig, run_grpo
+    from carelab.care.train.config import GRPORunConfig
+    from carelab.care.train.grpo import run_grpo
     from carelab.presets import build_config
 
     section, source = _preset_section(preset, "grpo")
@@ -343,7 +345,7 @@ def reproduce_command(
                                         "(train and evaluate only the ablations)."),
 ) -> None:
     """The whole CARE chain in one resumable command: data → SFT data → SFT → GRPO → eval → report."""
-    from carelab.care.report import results_text
+    from carelab.care.eval.results import results_text
     from carelab.care.reproduce import reproduce
     from carelab.models import ModelSpecError
     from carelab.runs import InputError

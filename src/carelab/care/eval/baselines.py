@@ -2,7 +2,7 @@
 
 Why one module: the paper's claim is comparative, so every method must see the same example, the same
 chat template and the same truncation rule; only the *prompt* (and, for RAG/CRAG, the context that goes
-into it) may differ. Each builder turns a :class:`~carelab.care.datasets.QAExample` into a
+into it) may differ. Each builder turns a :class:`~carelab.care.data.examples.QAExample` into a
 :class:`PreparedPrompt` (system prompt, context, question, and notes on what was selected), and the
 evaluator does the rest identically for all methods.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from carelab.care import format as care_format
-from carelab.care.datasets import QAExample
+from carelab.care.data.examples import QAExample
 
 #: Methods the harness knows, in the order reports list them.
 METHODS = ("original", "care-prompt", "care", "rag", "crag")

@@ -22,10 +22,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from carelab.care import baselines
 from carelab.care import format as care_format
-from carelab.care.datasets import QAExample
-from carelab.care.metrics import best_over_golds, evidence_bleu, evidence_rouge_l, exact_match, qa_f1_score
+from carelab.care.data.examples import QAExample
+from carelab.care.eval import baselines
+from carelab.care.eval.metrics import (
+    best_over_golds,
+    evidence_bleu,
+    evidence_rouge_l,
+    exact_match,
+    qa_f1_score,
+)
 from carelab.runs import InputError, JsonlAppender, read_jsonl, save_config, to_jsonable, warn
 
 #: LongBench subset names (``meta["dataset"]``) -> the paper's column names.
@@ -91,7 +97,7 @@ class DatasetFile:
 # --------------------------------------------------------------------------- loading
 def _load_examples(path: str, fmt: str | None, limit: int | None) -> list[QAExample]:
     """Load a data file in any supported native format (``datasets.load_examples``; format detected)."""
-    from carelab.care.datasets import load_examples
+    from carelab.care.data.loaders import load_examples
 
     return list(load_examples(path, fmt, limit=limit))
 
@@ -169,7 +175,7 @@ def score_output(raw: str, example: QAExample, care_style: bool, seen_context: s
     ``seen_context`` is the context the model was shown (after retrieval/truncation); quotes are matched
     against the whole user turn (context + question), as the official retrieval reward does.
     """
-    from carelab.care.rewards import quote_match
+    from carelab.care.quotes import quote_match
 
     rec: dict[str, Any] = {}
     if care_style:
@@ -476,7 +482,7 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
 
     metrics = compute_metrics(replace(config, methods=all_methods), datasets, max_prompt)
     if config.report:
-        from carelab.care.report import write_report
+        from carelab.care.eval.results import write_report
 
         write_report([str(out)], str(out))
     return metrics

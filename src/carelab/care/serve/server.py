@@ -210,9 +210,9 @@ class Engine:
 def care_extension(text: str, messages: list[dict], eos: str | None) -> dict:
     """The CARE parse of a reply, each quote checked against the user messages (where ``care ask`` puts the context).
 
-    Reuses :func:`carelab.care.ask.check`, so the labels are the ones ``care ask`` and the rewards give.
+    Reuses :func:`carelab.care.serve.ask.check`, so the labels are the ones ``care ask`` and the rewards give.
     """
-    from carelab.care.ask import check
+    from carelab.care.serve.ask import check
 
     context = "\n\n".join(m["content"] for m in messages if m["role"] == "user")
     res = check(text, question="", context=context, eos=eos)

@@ -1,6 +1,6 @@
 """The ``carelab care eval`` and ``carelab care report`` commands, as plain Typer-annotated functions.
 
-Kept apart from ``care/cli.py`` so the harness owns its options and error handling; the CARE CLI mounts
+Kept apart from ``cli/main.py`` so the harness owns its options and error handling; the CARE CLI mounts
 these two functions. User mistakes (a bad file, an unknown method, a missing run directory) become one
 line on stderr and exit code 2, never a traceback.
 """
@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from carelab.care.baselines import METHODS
+from carelab.care.eval.baselines import METHODS
 
 
 def parse_method(text: str, default_adapter: str | None = None, rag_k: int = 3, retriever: str = "bm25"):
@@ -23,7 +23,7 @@ def parse_method(text: str, default_adapter: str | None = None, rag_k: int = 3, 
     >>> parse_method("SFT-only=care@runs/sft/adapter")
     MethodSpec(method='care', label='SFT-only', adapter='runs/sft/adapter', rag_k=3, retriever='bm25')
     """
-    from carelab.care.evaluate import MethodSpec
+    from carelab.care.eval.harness import MethodSpec
     from carelab.runs import InputError
 
     label, _, rest = text.partition("=") if "=" in text else ("", "", text)
@@ -74,8 +74,8 @@ def eval_command(
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip report.md/chart/viewer.")] = False,
 ) -> None:
     """Evaluate methods on QA files: predictions JSONL, metrics JSON/CSV, report and HTML evidence viewer."""
-    from carelab.care.evaluate import EvalConfig, run_eval
-    from carelab.care.report import results_text
+    from carelab.care.eval.harness import EvalConfig, run_eval
+    from carelab.care.eval.results import results_text
     from carelab.models import ModelSpecError
     from carelab.runs import InputError, read_text_file
 
@@ -107,7 +107,7 @@ def report_command(
                             ] = 20,
 ) -> None:
     """Rebuild the Markdown tables, bar chart and HTML evidence viewer from one or more runs."""
-    from carelab.care.report import results_text, write_report
+    from carelab.care.eval.results import results_text, write_report
     from carelab.runs import InputError
 
     try:

@@ -1,0 +1,1 @@
+"""The ``carelab care`` / ``carelab data`` commands (Typer): ``main`` train+ask, ``data``, ``eval``."""

@@ -1,0 +1,1 @@
+"""CARE's data: the QAExample record, loaders for native files, offline synthesis and the fact table."""

@@ -1,0 +1,1 @@
+"""Evaluation: the harness, baselines, metrics, result tables and the HTML viewer."""

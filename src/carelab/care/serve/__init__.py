@@ -1,0 +1,1 @@
+"""Serving: one question over a document (``ask``) and the OpenAI-compatible server (``server``)."""

@@ -1,0 +1,1 @@
+"""The SFT data pipeline: backends that reason, and the stages that keep, inject and tag (``pipeline``)."""

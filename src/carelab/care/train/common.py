@@ -1,0 +1,98 @@
+"""What SFT and GRPO runs share: loading the base, the one-line progress summary, upstream quirks handled once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from carelab.care.train.config import trl_options
+
+
+def summary_callback():
+    """One line per logging step with loss and rewards (rich console)."""
+    from rich.console import Console
+    from transformers import TrainerCallback
+
+    console = Console(stderr=True)
+
+    class OneLineSummary(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or not state.is_world_process_zero:
+                return
+            keys = ("loss", "reward", "rewards/accuracy/mean", "rewards/format/mean", "rewards/retrieval/mean",
+                    "kl", "eval_loss", "learning_rate", "completions/mean_length")
+            parts = [f"{k.replace('rewards/', '').replace('/mean', '')}={logs[k]:.4g}" for k in keys if k in logs]
+            if parts:
+                console.print(f"[dim]step {state.global_step}/{state.max_steps}[/] " + " ".join(parts))
+
+    return OneLineSummary()
+
+
+def _silence_upstream_deprecations() -> None:
+    """Upstream's own deprecation notices (PEFT and TRL still call the ``gradient_checkpointing`` names) are not
+    the user's to fix."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.* is deprecated", category=FutureWarning)
+
+
+#: tokens per tile of TRL's fused log-prob LM head on CPU: its default (32k) materialises the logits of a
+#: whole batch at once (4 × 1024 tokens × 49k vocabulary = 0.8 GB, several copies in backward)
+CPU_LOGPROB_CHUNK = 1024
+
+
+def _bound_lm_head_memory() -> None:
+    """On CPU, tile TRL's fused LM head finely (a private constant, guarded by tests/test_upstream_contracts.py)."""
+    if has_gpu():
+        return
+    from trl.trainer import utils as trl_utils
+
+    trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = min(trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE, CPU_LOGPROB_CHUNK)
+
+
+def prepare_run(config_cls, trl: dict[str, Any]) -> None:
+    """What every training run does first: check the TRL options by name (a typo fails before anything is
+    loaded), quiet upstream deprecation notices, bound the LM head's memory on CPU."""
+    trl_options(config_cls, trl, {})
+    _silence_upstream_deprecations()
+    _bound_lm_head_memory()
+
+
+def quiet_progress(trainer) -> None:
+    """Keep the tqdm bar but drop its printing of TRL's raw log dicts: the one-line summary says it once."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class BarOnly(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            return None
+
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(BarOnly())
+
+
+def last_checkpoint(out: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(out)) if out.exists() else None
+
+
+def load_base(spec: str, init_adapter: str | None, dtype: str):
+    """Load the base model; an SFT adapter is merged into the weights so GRPO's reference is the SFT model."""
+    from carelab.models import load_model
+
+    model, tok = load_model(spec, adapter=init_adapter, dtype=dtype, trainable=True)
+    if init_adapter:
+        model = model.merge_and_unload()
+    model.train()
+    return model, tok
+
+
+def bf16(dtype: str) -> bool:
+    """Mixed precision only where asked for and supported (GPU bf16)."""
+    return dtype == "bfloat16" and has_gpu()
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,184 @@
+"""CARE GRPO on TRL's ``GRPOTrainer``: the three rewards and the easy→hard curriculum sampler.
+
+A thin layer so that ``accelerate launch`` (DDP, FSDP, DeepSpeed ZeRO) and vLLM rollouts work unchanged on GPU
+nodes; on a laptop CPU the same command runs with a small preset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from carelab.care import format as care_format
+from carelab.care.train.common import (
+    bf16,
+    has_gpu,
+    last_checkpoint,
+    load_base,
+    prepare_run,
+    quiet_progress,
+    summary_callback,
+)
+from carelab.care.train.config import FINAL_ADAPTER, GRPORunConfig, trl_options
+from carelab.care.train.heldout import heldout_callback, split_heldout, write_heldout_report
+from carelab.runs import InputError, save_config
+
+log = logging.getLogger(__name__)
+
+
+def grpo_rows(examples, tokenizer, level: str, max_prompt_tokens: int, long_prompts: str = "truncate",
+              system_prompt: str | None = None) -> tuple[list[dict], int]:
+    """GRPO prompt rows from QAExamples: conversational prompt, gold ``answer``, ``context`` and ``level``.
+
+    ``context`` is the whole user turn, as the official retrieval reward uses. Over-long prompts are
+    middle-truncated in the context (the question survives) or dropped; returns (rows, n_changed).
+    """
+    rows, changed = [], 0
+    for ex in examples:
+        context = ex.context
+        try:
+            context, truncated = care_format.fit_context(tokenizer, context, ex.question, max_prompt_tokens, system_prompt)
+        except ValueError:
+            changed += 1
+            continue
+        if truncated:
+            changed += 1
+            if long_prompts == "drop":
+                continue
+        msgs = care_format.build_messages(context, ex.question, system_prompt)
+        rows.append({"prompt": msgs, "answer": ex.answer, "context": msgs[-1]["content"], "level": level,
+                     "id": ex.id})
+    return rows, changed
+
+
+def _curriculum_trainer_class():
+    """GRPOTrainer whose train sampler is the step-aware curriculum (built lazily: TRL import is heavy)."""
+    from trl import GRPOTrainer
+
+    from carelab.care.train.curriculum import CurriculumSampler
+
+    class CareGRPOTrainer(GRPOTrainer):
+        curriculum: dict[str, Any] = {}
+
+        def _get_train_sampler(self, dataset=None):
+            c = self.curriculum
+            prompts_per_chunk = self.args.generation_batch_size // self.num_generations
+            repeat = self.num_iterations * self.args.steps_per_generation
+            steps_per_chunk = self.num_iterations * self.args.steps_per_generation / self.args.gradient_accumulation_steps
+            num_chunks = math.ceil(self.args.max_steps / steps_per_chunk) + 1
+            sampler = CurriculumSampler(
+                c["n_easy"], c["n_hard"], num_generations=self.num_generations, prompts_per_chunk=prompts_per_chunk,
+                repeat_count=repeat, num_chunks=num_chunks, steps_per_chunk=steps_per_chunk, p_max=c["p_max"],
+                ramp_steps=c["ramp_steps"] or self.args.max_steps, seed=self.args.seed, enabled=c["enabled"],
+                log_path=c.get("log_path"))
+            sampler.write_log()
+            return sampler
+
+    return CareGRPOTrainer
+
+
+def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=None) -> dict:
+    """GRPO with accuracy/format/retrieval rewards and the easy→hard curriculum; returns reward stats.
+
+    ``callbacks`` are extra TrainerCallbacks and ``reward_wrapper`` wraps each reward function (both used by
+    ``benchmarks/grpo_step.py`` to time the parts of a step).
+    """
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from carelab.care.data.loaders import load_examples
+    from carelab.care.rewards import reward_functions
+    from carelab.care.train.adapters import check_init_adapter
+    from carelab.lora.variants import make_optimizer, prepare_adapter
+
+    check_init_adapter(cfg)  # an SFT output GRPO cannot stack onto is refused before any training
+    if (cfg.batch_size * cfg.grad_accum) % cfg.num_generations:
+        raise ValueError(f"--batch-size × --grad-accum ({cfg.batch_size} × {cfg.grad_accum}) must be a multiple of the "
+                         f"group size ({cfg.num_generations})")
+    prepare_run(GRPOConfig, cfg.trl)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out, "grpo_config.json")
+    model, tok = load_base(cfg.model, cfg.init_adapter, cfg.dtype)
+    easy = [ex for path in cfg.easy for ex in load_examples(path, cfg.data_format, limit=cfg.limit)]
+    hard = [ex for path in cfg.hard for ex in load_examples(path, cfg.data_format, limit=cfg.limit)]
+    if not cfg.curriculum:
+        hard = []  # the paper's no-curriculum ablation trains on the easy set only
+    easy_rows, n1 = grpo_rows(easy, tok, "easy", cfg.max_prompt_tokens, cfg.long_prompts)
+    hard_rows, n2 = grpo_rows(hard, tok, "hard", cfg.max_prompt_tokens, cfg.long_prompts)
+    if n1 + n2:
+        log.warning("%d prompts over %d tokens were %s", n1 + n2, cfg.max_prompt_tokens,
+                    "middle-truncated in their context" if cfg.long_prompts == "truncate" else "dropped")
+    if not easy_rows:
+        raise InputError(cfg.easy[0], "no usable easy rows (all empty or too long)")
+    # held-out prompts come out of both sets before training sees them, in proportion to their sizes
+    n_held_hard = round(cfg.heldout_prompts * len(hard_rows) / max(1, len(easy_rows) + len(hard_rows)))
+    easy_rows, held_easy = split_heldout(easy_rows, cfg.heldout_prompts - n_held_hard, cfg.seed)
+    hard_rows, held_hard = split_heldout(hard_rows, n_held_hard, cfg.seed)
+    dataset = Dataset.from_list(easy_rows + hard_rows)
+    funcs = reward_functions(accuracy_normalized=cfg.accuracy_normalized, max_context_share=cfg.max_quote_share,
+                             retrieval=cfg.retrieval_reward)
+    weights = list(cfg.reward_weights[: len(funcs)])  # the ablation drops the last (retrieval) function
+    extra_callbacks = list(callbacks or [])
+    if held_easy or held_hard:
+        # the held-out curve always uses all three rewards with the run's weights, so ablations stay comparable
+        heldout_funcs = reward_functions(accuracy_normalized=cfg.accuracy_normalized,
+                                         max_context_share=cfg.max_quote_share, retrieval=True)
+        extra_callbacks.append(heldout_callback(held_easy + held_hard, heldout_funcs, list(cfg.reward_weights), tok,
+                                                out, cfg.heldout_steps, cfg.max_completion_tokens))
+    if reward_wrapper is not None:
+        funcs = [reward_wrapper(f) for f in funcs]
+    setup = prepare_adapter(cfg.adapter, model, r=cfg.lora_r, alpha=cfg.lora_alpha, lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    model = setup.model
+    args = GRPOConfig(**trl_options(GRPOConfig, cfg.trl, dict(
+        output_dir=str(out), max_steps=cfg.max_steps, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        num_generations=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p, beta=cfg.beta,
+        num_iterations=cfg.num_iterations, epsilon=cfg.epsilon,
+        entropy_coef=cfg.entropy_coef, loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_tokens,
+        reward_weights=weights, logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
+        seed=cfg.seed, report_to=cfg.report_to, use_cpu=not has_gpu(),
+        use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, dataloader_num_workers=0, bf16=bf16(cfg.dtype),
+        activation_checkpointing=cfg.gradient_checkpointing,
+        remove_unused_columns=False, log_completions=False, disable_tqdm=False,
+        # dropout would make the old and new log-probs of the same tokens differ (noise in the PPO ratio)
+        disable_dropout=True,
+    )))
+    trainer_cls = _curriculum_trainer_class()
+    trainer_cls.curriculum = {"n_easy": len(easy_rows), "n_hard": len(hard_rows), "p_max": cfg.p_max,
+                              "ramp_steps": cfg.ramp_steps, "enabled": cfg.curriculum and bool(hard_rows),
+                              "log_path": str(out / "curriculum.jsonl")}
+    optimizer = make_optimizer(setup, model, cfg.lr, cfg.weight_decay)
+    trainer = trainer_cls(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tok,
+                          callbacks=[summary_callback(), *extra_callbacks], optimizers=(optimizer, None))
+    quiet_progress(trainer)
+    resume = last_checkpoint(out) if cfg.resume else None
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(out / "grpo-adapter"))
+    history = [h for h in trainer.state.log_history if "reward" in h]
+    with (out / "reward_curve.jsonl").open("w") as fh:
+        for h in history:
+            fh.write(json.dumps({k: v for k, v in h.items() if k == "step" or k.startswith(("reward", "kl", "loss",
+                                 "completions/mean_length"))}) + "\n")
+    metrics = {"steps": trainer.state.global_step, "n_easy": len(easy_rows), "n_hard": len(hard_rows),
+               "first_reward": history[0]["reward"] if history else None,
+               "last_reward": history[-1]["reward"] if history else None}
+    final = out / FINAL_ADAPTER
+    if cfg.init_adapter:
+        from carelab.care.train.adapters import stack_lora_adapters
+
+        stack_lora_adapters(cfg.init_adapter, str(out / "grpo-adapter"), str(final))
+    else:
+        import shutil
+
+        shutil.copytree(out / "grpo-adapter", final, dirs_exist_ok=True)
+    metrics["final_adapter"] = str(final)
+    report = write_heldout_report(out)
+    if report is not None:
+        metrics["heldout_report"] = str(report)
+    (out / "grpo_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
