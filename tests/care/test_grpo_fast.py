@@ -116,8 +116,7 @@ def test_heldout_reward_curve(data, tmp_path):
 def test_heldout_summary_pairs_each_step_with_the_first():
     """Hand-checkable: every prompt gains exactly 0.5, so the paired change is +0.5 with a zero-width CI."""
     records = [{"step": 0, "n": 3, "per_item": [0.0, 1.0, 0.5]},
-               {"step": 10, "n": 3, "per_item": [0.5, 1.5, 1.0],
-                "per_item_scores": {"format": [1.0, 1.0, 0.0], "total": [0.5, 1.5, 1.0]}}]
+               {"step": 10, "n": 3, "per_item": [0.5, 1.5, 1.0], "format_mean": 2 / 3, "total_mean": 1.0}]
     first, last = heldout_summary(records)
     assert first["reward"] == pytest.approx(0.5) and first["change"] == pytest.approx(0.0)
     assert last["reward"] == pytest.approx(1.0)

@@ -118,9 +118,9 @@ def heldout_summary(records: Sequence[dict]) -> list[dict]:
         if len(rec["per_item"]) == len(first):
             change = paired_difference_ci(rec["per_item"], first)
             row.update(change=change.mean, change_lo=change.lo, change_hi=change.hi)
-        for name, values in rec.get("per_item_scores", {}).items():
-            if name != "total":
-                row[name] = sum(values) / len(values)
+        for key, value in rec.items():  # each reward's mean over the prompts, as logged
+            if key.endswith("_mean") and key != "total_mean":
+                row[key.removesuffix("_mean")] = value
         rows.append(row)
     return rows
 
@@ -152,12 +152,13 @@ def write_heldout_report(run_dir: str | Path) -> Path | None:
              f"Greedy completions of the same {rows[0]['n']} held-out prompts (drawn out of the GRPO pool, never "
              "trained on) scored with the training rewards. Mean with 95 % bootstrap CI; change = paired "
              "difference to the first evaluation (same prompts).", "",
-             "| step | n | reward | change vs first | " + " | ".join(components) + " |",
+             "| " + " | ".join(["step", "n", "reward", "change vs first", *components]) + " |",
              "|---" * (4 + len(components)) + "|"]
     for r in rows:
-        change = format_ci(r.get("change"), r.get("change_lo"), r.get("change_hi"), digits=3, signed=True)
-        lines.append(f"| {r['step']} | {r['n']} | {format_ci(r['reward'], r['reward_lo'], r['reward_hi'], digits=3)} "
-                     f"| {change} | " + " | ".join(f"{r[c]:.3f}" if c in r else "–" for c in components) + " |")
+        cells = [str(r["step"]), str(r["n"]), format_ci(r["reward"], r["reward_lo"], r["reward_hi"], digits=3),
+                 format_ci(r.get("change"), r.get("change_lo"), r.get("change_hi"), digits=3, signed=True),
+                 *(f"{r[c]:.3f}" if c in r else "–" for c in components)]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![held-out reward](heldout_reward.png)", ""]
     path = run / "heldout_reward.md"
     path.write_text("\n".join(lines))
