@@ -213,3 +213,20 @@ def test_care_ask_file_errors(files, tmp_path, option, name, needles):
 def test_watermark_file_errors(files, command, name, needles):
     result = runner.invoke(app, ["watermark", command, str(files[name])])
     _one_line_error(result, *needles)
+
+
+def test_saved_config_has_provenance_beside_it(tmp_path):
+    """Every saved config names the commit and library versions that made the outputs (outside the config, so a
+    resume with the same settings is not refused when the code has moved on)."""
+    import json
+    import subprocess
+
+    from carelab.runs import PROVENANCE_FILE, save_config
+
+    save_config({"lr": 1e-3}, tmp_path)
+    prov = json.loads((tmp_path / PROVENANCE_FILE).read_text())
+    assert json.loads((tmp_path / "config.json").read_text()) == {"lr": 1e-3}
+    assert prov["torch"] and prov["trl"] and isinstance(prov["argv"], list)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if head:  # a checkout (CI clones one); the installed-wheel case records None
+        assert prov["git_commit"] == head and isinstance(prov["git_dirty"], bool)

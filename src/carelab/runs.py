@@ -78,7 +78,37 @@ def save_config(config: Any, out_dir: str | os.PathLike, name: str = "config.jso
     out.mkdir(parents=True, exist_ok=True)
     path = out / name
     path.write_text(json.dumps(to_jsonable(config), indent=2, sort_keys=True) + "\n")
+    (out / PROVENANCE_FILE).write_text(json.dumps(provenance(), indent=2) + "\n")
     return path
+
+
+#: written beside every saved config: which code and libraries made the outputs (kept out of the config
+#: itself, so resuming with the same settings is not refused because the code moved on)
+PROVENANCE_FILE = "provenance.json"
+
+
+def provenance() -> dict[str, Any]:
+    """The git commit of the carelab source (and whether it had uncommitted changes), library versions, command."""
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    info: dict[str, Any] = {"argv": sys.argv, "python": sys.version.split()[0]}
+    for dist in ("carelab", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+        try:
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            info[dist] = None
+    source = Path(__file__).resolve().parents[2]
+    try:
+        run = {"cwd": source, "capture_output": True, "text": True, "timeout": 10}
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], check=True, **run).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], check=True,
+                                    **run).stdout.strip())
+        info.update(git_commit=commit, git_dirty=dirty)
+    except (OSError, subprocess.SubprocessError):
+        info.update(git_commit=None, git_dirty=None)  # an installed wheel: the version above names the code
+    return info
 
 
 #: Deepest JSON nesting accepted from user files. Real datasets nest a handful of levels; anything deeper is
