@@ -64,8 +64,16 @@ def _shell_lines(markdown: str) -> list[tuple[int, str]]:
     return out
 
 
+#: multi-process launchers in front of ``-m carelab.cli`` (their own options are theirs, not carelab's)
+LAUNCHER = re.compile(r"^(\$ )?(\S+=\S*\s+)*(torchrun|accelerate launch|python -m torch\.distributed\.run)\s.*?-m carelab\.cli\s")
+
+
 def _carelab_args(line: str) -> tuple[list[str], bool] | None:
-    """The arguments after ``carelab`` (wrappers like ``nice -n 10`` dropped) and whether the line is schematic."""
+    """The arguments after ``carelab`` (wrappers like ``nice -n 10`` and launchers like ``torchrun … -m carelab.cli``
+    dropped) and whether the line is schematic."""
+    launched = LAUNCHER.match(line)
+    if launched:
+        line = "carelab " + line[launched.end():]
     if not re.match(r"^(\$ )?(\S+=\S*\s+|nice -n \d+\s+|timeout \d+\s+)*(\S*/)?carelab\s", line):
         return None
     tokens = shlex.split(line.removeprefix("$ "), comments=True)

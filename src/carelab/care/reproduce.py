@@ -5,6 +5,8 @@ methods (Original, SFT-only, CARE, optionally CARE-prompt and the bundled adapte
 report; then, optionally, the paper's two ablations on a subset of the test sets (in their own folder,
 possibly in a separate run that reuses a finished run's data and SFT via ``base_run``).
 Each stage writes a done-marker; a rerun skips finished stages and resumes the unfinished one.
+Under a multi-process launch every process runs the training and item stages (TRL and ``carelab.distributed``
+share the work); files of carelab's own (synthetic data, markers, configs) are written by the main process.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
+from carelab import distributed
 from carelab.care.shipped import BUNDLED_LABEL
 from carelab.care.train.config import FINAL_ADAPTER
 from carelab.presets import build_config, load_preset
@@ -58,19 +61,30 @@ def _stage(out: Path, name: str) -> Path:
     return out / "stages" / f"{name}.done.json"
 
 
-def _run_stage(out: Path, name: str, fn, *args, **kwargs) -> Any:
-    """Run ``fn`` unless its done-marker exists; record wall time in the marker."""
+def _run_stage(out: Path, name: str, fn, *args, main_only: bool = False, **kwargs) -> Any:
+    """Run ``fn`` unless its done-marker exists; record wall time in the marker.
+
+    Every process runs ``fn`` (training and item stages share their work) unless ``main_only``; the main
+    process writes the marker, and the others take the stage's result from it.
+    """
     marker = _stage(out, name)
+    main = distributed.is_main()
+    distributed.barrier()  # every process sees the same markers
     if marker.exists():
-        console.print(f"[dim]✓ {name} (done earlier, skipped)[/]")
+        if main:
+            console.print(f"[dim]✓ {name} (done earlier, skipped)[/]")
         return json.loads(marker.read_text()).get("result")
-    console.rule(f"[bold]{name}")
+    if main:
+        console.rule(f"[bold]{name}")
     t0 = time.time()
-    result = fn(*args, **kwargs)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"seconds": round(time.time() - t0, 1), "result": result}, default=str, indent=2))
-    console.print(f"[green]✓ {name}[/] in {time.time() - t0:.0f} s")
-    return result
+    result = fn(*args, **kwargs) if main or not main_only else None
+    if main:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"seconds": round(time.time() - t0, 1), "result": result}, default=str,
+                                     indent=2))
+        console.print(f"[green]✓ {name}[/] in {time.time() - t0:.0f} s")
+    distributed.barrier()
+    return result if main else json.loads(marker.read_text()).get("result")
 
 
 def _synth_set(spec: dict[str, Any], seed: int, path: Path, split: str, where: str) -> str:
@@ -111,12 +125,19 @@ def _make_sft_data(sources: list[str], out_file: Path) -> dict:
     parts = []
     for src in sources:
         part = out_file.with_name(f"{Path(src).stem}.sft.jsonl")
-        stats[Path(src).stem] = run_pipeline(SftDataConfig(input=src, reasoner="rule", injector="rule", out=str(part)))
+        stats[Path(src).stem] = run_pipeline(SftDataConfig(input=src, reasoner="rule", injector="rule", out=str(part)),
+                                             echo=console.print if distributed.is_main() else _quiet)
         parts.append(part)
+    if not distributed.is_main():
+        return {}
     with out_file.open("w", encoding="utf-8") as fh:
         for part in parts:
             fh.write(part.read_text(encoding="utf-8"))
     return {k: (v if isinstance(v, dict) else str(v)) for k, v in stats.items()}
+
+
+def _quiet(_: str) -> None:
+    """An ``echo`` for processes other than the main one (one summary per job)."""
 
 
 def _sft(cfg: ReproduceConfig, sft_file: str, out: Path) -> dict:
@@ -213,7 +234,7 @@ def _evaluate_ablations(cfg: ReproduceConfig, data: dict[str, Any], main_root: P
         for test in tests:
             key = Path(test).name.split(".")[0]
             src, dst = predictions_path(main_root / "eval", spec.name, key), predictions_path(out, spec.name, key)
-            if src.exists() and not dst.exists():
+            if distributed.is_main() and src.exists() and not dst.exists():
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)
     ablations = [MethodSpec("care", label=label, adapter=str(root / f"grpo-{label}" / FINAL_ADAPTER))
@@ -258,13 +279,15 @@ def reproduce(preset: str, out: str | None = None, model: str | None = None, see
                                        "reproduce --preset … --out " + cfg.base_run + ")")
     _selected_ablations(cfg)  # unknown labels fail before anything runs
     root.mkdir(parents=True, exist_ok=True)
-    _check_same_settings(cfg, root / "reproduce_config.json")
-    save_config(cfg, root, "reproduce_config.json")
+    with distributed.main_process_first():  # the main process checks and saves; the others then check
+        _check_same_settings(cfg, root / "reproduce_config.json")
+        if distributed.is_main():
+            save_config(cfg, root, "reproduce_config.json")
     t0 = time.time()
     if cfg.base_run:
         data = json.loads(_stage(main_root, "1-synthetic-data").read_text())["result"]
     else:
-        data = _run_stage(root, "1-synthetic-data", _make_data, cfg, root / "data")
+        data = _run_stage(root, "1-synthetic-data", _make_data, cfg, root / "data", main_only=True)
         _run_stage(root, "2-sft-data", _make_sft_data, data["sft"], root / "data" / "sft.jsonl")
         _run_stage(root, "3-sft", _sft, cfg, str(root / "data" / "sft.jsonl"), root / "sft")
         _run_stage(root, "4-grpo", _grpo, cfg, data, root / "sft", root / "grpo")
@@ -276,5 +299,6 @@ def reproduce(preset: str, out: str | None = None, model: str | None = None, see
                        **setting)
         _run_stage(root, "7-eval-ablations", _evaluate_ablations, cfg, data, main_root, root,
                    root / "eval-ablations")
-    (root / "stages" / "total.json").write_text(json.dumps({"seconds_this_invocation": round(time.time() - t0, 1)}))
+    if distributed.is_main():
+        (root / "stages" / "total.json").write_text(json.dumps({"seconds_this_invocation": round(time.time() - t0, 1)}))
     return (root / "eval") if not cfg.base_run else (root / "eval-ablations")

@@ -75,6 +75,30 @@ def convert_command(
         typer.echo(f"  skipped: {r}")
 
 
+@data_app.command("hub", help="Load a real dataset through 🤗 datasets (hub id, short name, save_to_disk folder or "
+                               "local file) and write carelab JSONL.")
+def hub_command(
+    source: str = typer.Option(..., "--source", help="Short name (longbench-hotpotqa, longbench-2wikimqa, "
+                               "longbench-musique, longbench-multifieldqa_en, hotpotqa, 2wiki, musique, drop, "
+                               "msmarco), a hub id, a save_to_disk folder or a .json/.jsonl/.parquet file."),
+    out: Path = typer.Option(..., "--out", help="Output carelab JSONL."),
+    format: str | None = typer.Option(None, "--format", help="Row shape (default: the short name's); needed "
+                                      "for other sources, e.g. cofca."),
+    split: str | None = typer.Option(None, "--split", help="Split (default: the short name's, else validation)."),
+    config: str | None = typer.Option(None, "--config", help="Hub config, e.g. a LongBench subset."),
+    limit: int | None = typer.Option(None, "--limit"),
+) -> None:
+    from carelab.hub import load
+    from carelab.runs import InputError, write_jsonl
+
+    try:
+        examples = load(source, format, split, config, limit)
+    except (InputError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    write_jsonl(out, [e.to_dict() for e in examples])
+    typer.echo(f"{source}: {len(examples)} examples -> {out}")
+
+
 @data_app.command("check-facts", help="Measure which built-in facts a model knows closed-book, and how often it "
                                       "follows long counterfactual contexts.")
 def check_facts_command(
@@ -155,7 +179,10 @@ def sft_data_command(
         stats = run_pipeline(cfg, echo=typer.echo)
     except (InputError, FileNotFoundError, ValueError, BackendError, ModelSpecError) as exc:
         raise _fail(str(exc)) from None
-    typer.echo(json.dumps(stats["stages"], indent=1))
+    from carelab.distributed import is_main
+
+    if is_main():  # one summary for the whole job
+        typer.echo(json.dumps(stats["stages"], indent=1))
 
 
 def serve_command(
@@ -168,15 +195,27 @@ def serve_command(
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Default and cap for max_tokens."),
     max_queue: int = typer.Option(8, "--max-queue", min=0, help="Requests that may wait while one generates; "
                                   "more get HTTP 429."),
+    engine: str = typer.Option("hf", "--engine", help="hf (carelab's server) or vllm (vLLM's OpenAI server with "
+                               "the adapter as LoRA module `care`, behind carelab's quote check; GPU)."),
+    max_model_len: int | None = typer.Option(None, "--max-model-len", help="vllm engine: context length."),
 ) -> None:
     """OpenAI-compatible chat server (/v1/models, /v1/chat/completions) for any model spec (+adapter)."""
     from carelab.care.serve.server import serve
     from carelab.models import ModelSpecError
+    from carelab.vllm_support import ENGINES, VLLMUnavailable
 
+    if engine not in ENGINES:
+        raise _fail(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     try:
         from carelab.care.shipped import resolve_adapter
 
-        serve(model, adapter=resolve_adapter(adapter, model), host=host, port=port, model_name=name,
+        resolved = resolve_adapter(adapter, model)
+        if engine == "vllm":
+            from carelab import vllm_support
+
+            vllm_support.serve(model, resolved, host, port, name or model, max_model_len=max_model_len)
+            return
+        serve(model, adapter=resolved, host=host, port=port, model_name=name,
               max_new_tokens=max_new_tokens, max_queue=max_queue)
-    except ModelSpecError as exc:
+    except (ModelSpecError, VLLMUnavailable) as exc:
         raise _fail(str(exc)) from None

@@ -72,10 +72,13 @@ def eval_command(
     system_prompt_file: Annotated[Path | None, typer.Option(
         "--system-prompt-file", help="Text file with the CARE system prompt (e.g. the official wording).")] = None,
     no_report: Annotated[bool, typer.Option("--no-report", help="Skip report.md/chart/viewer.")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="hf (transformers, any device) or vllm (GPU; adapters as "
+                                        "LoRA requests; `pip install vllm`).")] = "hf",
 ) -> None:
     """Evaluate methods on QA files: predictions JSONL, metrics JSON/CSV, report and HTML evidence viewer."""
     from carelab.care.eval.harness import EvalConfig, run_eval
     from carelab.care.eval.results import results_text
+    from carelab.distributed import is_main
     from carelab.models import ModelSpecError
     from carelab.runs import InputError, read_text_file
 
@@ -89,10 +92,12 @@ def eval_command(
         config = EvalConfig(data=list(data), methods=specs, out=out, model=model, data_format=data_format,
                             limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size,
                             max_prompt_tokens=max_prompt_tokens, dtype=dtype, device=device, seed=seed,
-                            care_system_prompt=prompt, report=not no_report)
+                            care_system_prompt=prompt, report=not no_report, engine=engine)
         run_eval(config)
     except (InputError, ModelSpecError, FileNotFoundError, RuntimeError) as exc:
         raise _fail(exc) from None
+    if not is_main():
+        return  # one summary, from the process that wrote the metrics
     typer.echo(results_text([out]))
     typer.echo(f"metrics: {Path(out) / 'metrics.json'}")
     if not no_report:

@@ -15,6 +15,7 @@ from rich.text import Text
 from carelab.care.cli.data import sft_data_command
 from carelab.care.cli.eval import eval_command, report_command
 from carelab.care.shipped import resolve_adapter
+from carelab.distributed import is_main
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -202,10 +203,11 @@ def _run_user_job(fn, cfg):
     """Run a training job, turning user errors into one-line messages (finished checkpoints stay on disk)."""
     from carelab.models import ModelSpecError
     from carelab.runs import InputError
+    from carelab.vllm_support import VLLMUnavailable
 
     try:
         return fn(cfg)
-    except (InputError, ModelSpecError, FileNotFoundError, ValueError) as exc:
+    except (InputError, ModelSpecError, FileNotFoundError, ValueError, VLLMUnavailable) as exc:
         raise fail(str(exc)) from None
 
 
@@ -249,8 +251,9 @@ def sft_command(
     except TypeError as exc:
         raise fail(f"missing setting: {exc}") from None
     metrics = _run_user_job(run_sft, cfg)
-    console.print(f"[bold green]SFT done[/] loss {metrics['first_loss']} -> {metrics['last_loss']} "
-                  f"({metrics['steps']} steps) · adapter in {out}")
+    if is_main():
+        console.print(f"[bold green]SFT done[/] loss {metrics['first_loss']} -> {metrics['last_loss']} "
+                      f"({metrics['steps']} steps) · adapter in {out}")
 
 
 @app.command("grpo")
@@ -284,6 +287,10 @@ def grpo_command(
     seed: int | None = typer.Option(None, "--seed"),
     resume: bool = typer.Option(False, "--resume"),
     use_vllm: bool = typer.Option(False, "--use-vllm", help="vLLM rollouts (GPU; `pip install vllm`)."),
+    vllm_mode: str | None = typer.Option(None, "--vllm-mode", help="colocate (in each training process, default) "
+                                         "| server (start `trl vllm-serve --model …` first)."),
+    vllm_server_url: str | None = typer.Option(None, "--vllm-server-url", help="Server mode: the vLLM server's "
+                                               "URL (default http://localhost:8000)."),
     report_to: str | None = typer.Option(None, "--report-to"),
     num_iterations: int | None = typer.Option(None, "--num-iterations",
                                               help="Updates per generated group (GRPO's μ; >1 reuses rollouts)."),
@@ -320,6 +327,7 @@ def grpo_command(
                      retrieval_reward=False if no_retrieval_reward else None,
                      curriculum=False if no_curriculum else None, p_max=p_max, ramp_steps=ramp_steps, limit=limit,
                      save_steps=save_steps, seed=seed, resume=resume or None, use_vllm=use_vllm or None,
+                     vllm_mode=vllm_mode, vllm_server_url=vllm_server_url,
                      num_iterations=num_iterations, heldout_prompts=heldout_prompts, heldout_steps=heldout_steps,
                      trl=_trl_pairs(trl, section),
                      report_to=None if report_to is None else ([] if report_to == "none" else report_to.split(",")))
@@ -330,8 +338,9 @@ def grpo_command(
     if cfg.long_prompts not in ("truncate", "drop"):
         raise fail("--long-prompts must be 'truncate' or 'drop'")
     metrics = _run_user_job(run_grpo, cfg)
-    console.print(f"[bold green]GRPO done[/] reward {metrics['first_reward']} -> {metrics['last_reward']} "
-                  f"({metrics['steps']} steps) · adapter in {metrics['final_adapter']}")
+    if is_main():
+        console.print(f"[bold green]GRPO done[/] reward {metrics['first_reward']} -> {metrics['last_reward']} "
+                      f"({metrics['steps']} steps) · adapter in {metrics['final_adapter']}")
 
 
 @app.command("reproduce")
@@ -354,6 +363,8 @@ def reproduce_command(
         eval_dir = reproduce(preset, out=out, model=model, seed=seed, ablations=ablations, base_run=base_run)
     except (InputError, ModelSpecError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
+    if not is_main():
+        return
     console.rule("[bold]Results (F1 ×100)")
     console.print(results_text([str(eval_dir)]))
     for name in ("report.md", "viewer.html"):

@@ -527,41 +527,9 @@ def load_hub_dataset(name: str, split: str, format: str, *, limit: int | None = 
                      config: str | None = None) -> list[QAExample]:
     """Load a dataset from the Hugging Face hub (``datasets.load_dataset``) and convert its rows.
 
-    Needs network access (never used in tests). ``format`` names the row shape, as for files; e.g.
-    ``load_hub_dataset("hotpotqa/hotpot_qa", "validation", "hotpotqa", config="distractor")``.
-    HotpotQA on the hub stores ``context``/``supporting_facts`` column-wise; those are normalised here.
+    Needs network access for hub ids; ``carelab.hub.load`` (which this calls) also reads ``save_to_disk``
+    folders and local files through the same code path, and knows short names (``longbench-hotpotqa`` …).
     """
-    import datasets as hf_datasets
+    from carelab.hub import load
 
-    ds = hf_datasets.load_dataset(name, config, split=split) if config else hf_datasets.load_dataset(name, split=split)
-    out: list[QAExample] = []
-    where = f"hub:{name}[{split}]"
-    for j, raw in enumerate(ds):
-        obj = dict(raw)
-        if fmt_is_hotpot(format) and isinstance(obj.get("context"), dict):
-            c = obj["context"]
-            obj["context"] = [[t, s] for t, s in zip(c["title"], c["sentences"], strict=False)]
-            sf = obj.get("supporting_facts") or {}
-            obj["supporting_facts"] = [[t, i] for t, i in zip(sf.get("title", []), sf.get("sent_id", []),
-                                                                  strict=False)]
-            if "id" in obj and "_id" not in obj:
-                obj["_id"] = obj["id"]
-        row = _Row(Path(where), f", item {j}", None, obj)
-        if format == "drop":
-            qa = {"question": obj["question"], "answer": {"spans": list(obj["answers_spans"]["spans"])},
-                  "query_id": obj.get("query_id", str(j))}
-            out.extend(_drop_passage(_Row(Path(where), f", item {j}", None,
-                                          {"passage": obj["passage"], "qa_pairs": [qa]}), str(j)))
-        elif format == "msmarco":
-            ex, _ = _msmarco_hf_row(row)
-            if ex is not None:
-                out.append(ex)
-        else:
-            out.extend(e for e, _, _ in _convert(format, row) if e is not None)
-        if limit is not None and len(out) >= limit:
-            return out[:limit]
-    return out
-
-
-def fmt_is_hotpot(format: str) -> bool:
-    return format in ("hotpotqa", "2wiki")
+    return load(name, format, split, config, limit)

@@ -32,7 +32,8 @@ from carelab.care.eval.metrics import (
     exact_match,
     qa_f1_score,
 )
-from carelab.runs import InputError, JsonlAppender, read_jsonl, save_config, to_jsonable, warn
+from carelab.distributed import ShardedAppender
+from carelab.runs import InputError, read_jsonl, save_config, to_jsonable, warn
 
 #: LongBench subset names (``meta["dataset"]``) -> the paper's column names.
 LONGBENCH_NAMES = {"multifieldqa_en": "MFQA", "hotpotqa": "HotpotQA", "2wikimqa": "2WikiMQA",
@@ -81,6 +82,8 @@ class EvalConfig:
     care_system_prompt: str | None = None
     #: Write report.md, the chart and the HTML viewer after the metrics.
     report: bool = True
+    #: ``hf`` (carelab.generation) or ``vllm`` (vLLM's offline engine, adapters as LoRA requests; GPU).
+    engine: str = "hf"
 
 
 @dataclass
@@ -305,7 +308,7 @@ def aggregate(records: Sequence[dict], kind: str = "qa", care_style: bool = True
 class _Job:
     spec: MethodSpec
     dataset: DatasetFile
-    appender: JsonlAppender
+    appender: ShardedAppender
     items: list[tuple[QAExample, baselines.PreparedPrompt, list[int], bool]] = field(default_factory=list)
 
 
@@ -326,6 +329,8 @@ def _validate(config: EvalConfig) -> None:
         if _slug(spec.name) in labels:
             raise InputError("--method", f"label {spec.name!r} is used twice; give each method a distinct label")
         labels.add(_slug(spec.name))
+    if config.engine not in ("hf", "vllm"):
+        raise InputError("--engine", f"unknown engine {config.engine!r}; use hf or vllm")
     if config.max_new_tokens < 1 or config.batch_size < 1:
         raise InputError("config", "max_new_tokens and batch_size must be positive")
 
@@ -372,21 +377,30 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
 
     Resumable: items already in a predictions file are skipped. Each distinct adapter (with the base
     model) is loaded once. Over-long inputs are middle-truncated by ``format.fit_context`` (one warning).
+    Under a multi-process launch each process generates its share of the pending items and the main one
+    merges them into the predictions files and writes everything else (``carelab.distributed``).
     """
     import torch
 
+    from carelab import distributed
     from carelab.generation import GenerationSettings, chat_prompt_ids, generate_from_ids, merge_adapters
     from carelab.models import context_window, load_model
 
     _validate(config)
+    vllm = _vllm_generator(config)  # None for the hf engine; refuses in one line where vLLM is absent
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_resume(config, out)
+    main = distributed.is_main()
     # Labels evaluated earlier in this directory stay in its metrics and report (nothing is regenerated).
     current = {_slug(s.name) for s in config.methods}
     all_methods = [m for m in _previous_methods(out) if _slug(m.name) not in current] + list(config.methods)
-    save_config(replace(config, methods=all_methods), out)
+    with distributed.main_process_first():  # the checks run everywhere; only the main process writes
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            _check_resume(config, out)
+            save_config(replace(config, methods=all_methods), out)
     datasets = load_datasets(config.data, config.data_format, config.limit)
+    outputs = [predictions_path(out, spec.name, ds.key) for spec in config.methods for ds in datasets]
+    distributed.merge_all(outputs)  # records a killed multi-process run left in its part files count as done
 
     groups: dict[str | None, list[MethodSpec]] = {}
     for spec in config.methods:
@@ -395,9 +409,15 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     loaded: dict[str, Any] = {}
 
     def model_for(adapter: str | None):
+        if vllm is not None:  # vLLM holds the weights; only the tokenizer is needed here
+            if "tok" not in loaded:
+                from carelab.models import load_tokenizer
+
+                loaded.update(model=None, tok=load_tokenizer(config.model))
+            return loaded["model"], loaded["tok"]
         if loaded.get("adapter", "<none>") != adapter or "model" not in loaded:
             loaded.clear()
-            device = config.device or ("cuda" if torch.cuda.is_available() else None)
+            device = config.device or distributed.device() or ("cuda" if torch.cuda.is_available() else None)
             model, tok = load_model(config.model, adapter=adapter, dtype=config.dtype, device=device)
             # Evaluation never trains: fold the LoRA into the base weights (faster decoding, same tokens
             # up to float rounding).
@@ -407,12 +427,13 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     # Prepare every pending prompt first (one truncation warning, one progress total).
     jobs: list[_Job] = []
     model, tok = model_for(next(iter(groups)))
-    max_prompt = config.max_prompt_tokens or max(64, context_window(model, tok) - config.max_new_tokens)
+    window = vllm.window if vllm is not None else context_window(model, tok)
+    max_prompt = config.max_prompt_tokens or max(64, window - config.max_new_tokens)
     n_truncated = 0
     for adapter_specs in groups.values():
         for spec in adapter_specs:
             for ds in datasets:
-                job = _Job(spec, ds, JsonlAppender(predictions_path(out, spec.name, ds.key)))
+                job = _Job(spec, ds, ShardedAppender(predictions_path(out, spec.name, ds.key)))
                 for ex in ds.examples:
                     if ex.id in job.appender:
                         continue
@@ -430,7 +451,7 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
                     job.items.append((ex, prepared, ids, truncated))
                 jobs.append(job)
     total = sum(len(j.items) for j in jobs)
-    if n_truncated:
+    if n_truncated and main:
         warn(f"{n_truncated} of {total} prompts were middle-truncated to fit {max_prompt} tokens "
              "(the question is always kept)")
 
@@ -440,7 +461,7 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not progress) as bar:
+                  disable=not (progress and main)) as bar:
         task = bar.add_task("care eval", total=total)
         # One generation call per method label over all its datasets: the continuous-batching engine keeps
         # its rows full across files instead of draining at the end of each one.
@@ -452,7 +473,8 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
             model, tok = model_for(label_jobs[0].spec.adapter)
             eos = _eos_strings(tok)
             bar.update(task, description=f"{label} · " + ", ".join(j.dataset.name for j in label_jobs))
-            items = [(job, item) for job in label_jobs for item in job.items]
+            # each process generates its contiguous share (all of them without a launcher)
+            items = distributed.shard([(job, item) for job in label_jobs for item in job.items])
             saved: dict[int, float] = {-1: time.perf_counter()}  # item index -> when it was saved
 
             def save(i: int, raw: str, items: list = items, eos: tuple = eos,
@@ -474,18 +496,38 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
                 saved[i] = now
                 bar.advance(task, 1)
 
-            texts = generate_from_ids(model, tok, [it[2] for _, it in items], settings, on_result=save)
+            prompts = [it[2] for _, it in items]
+            if vllm is not None:
+                texts = vllm.generate(prompts, config.max_new_tokens, label_jobs[0].spec.adapter, on_result=save)
+            else:
+                texts = generate_from_ids(model, tok, prompts, settings, on_result=save)
             for i, raw in enumerate(texts):
                 if i not in saved:  # a generator that returns its texts without reporting them one by one
                     save(i, raw)
     loaded.clear()
-
+    distributed.merge_all(outputs)
+    if not main:
+        return {}  # metrics and report are the main process's to write
     metrics = compute_metrics(replace(config, methods=all_methods), datasets, max_prompt)
     if config.report:
         from carelab.care.eval.results import write_report
 
         write_report([str(out)], str(out))
     return metrics
+
+
+def _vllm_generator(config: EvalConfig):
+    """vLLM's engine for ``--engine vllm`` (one process: vLLM parallelises itself), else ``None``."""
+    if config.engine != "vllm":
+        return None
+    from carelab import distributed
+    from carelab.vllm_support import VLLMGenerator, VLLMUnavailable, require_vllm
+
+    require_vllm("--engine vllm")
+    if distributed.launched_world_size() > 1:
+        raise VLLMUnavailable("--engine vllm runs as one process (vLLM parallelises itself); launch it without "
+                              "torchrun/accelerate")
+    return VLLMGenerator(config.model, config.dtype, config.seed, [s.adapter for s in config.methods])
 
 
 def compute_metrics(config: EvalConfig, datasets: Sequence[DatasetFile], max_prompt: int | None = None

@@ -241,9 +241,10 @@ class HFBackend(ChatBackend):
 
     def _load(self):
         if self._model is None:
+            from carelab.distributed import device
             from carelab.models import load_model
 
-            self._model, self._tok = load_model(self.spec)
+            self._model, self._tok = load_model(self.spec, device=device())  # this process's device when launched
         return self._model, self._tok
 
     def chat(self, conversations: Sequence[list[dict]], max_new_tokens: int) -> list[str | None]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from carelab import distributed
 from carelab.care import format as care_format
 from carelab.care.data.examples import QAExample
 from carelab.care.data.loaders import load_examples_with_report
@@ -35,7 +36,8 @@ from carelab.care.sft.backends import (
     make_backend,
     parse_reasoning,
 )
-from carelab.runs import JsonlAppender, read_jsonl, save_config
+from carelab.distributed import ShardedAppender
+from carelab.runs import read_jsonl, save_config
 
 
 @dataclass
@@ -81,7 +83,7 @@ class StageCache:
             for _, obj in read_jsonl(path, skip_invalid=True):
                 if "key" in obj and "value" in obj:
                     self.values[obj["key"]] = obj["value"]
-        self.appender = JsonlAppender(path, key="key")
+        self.appender = ShardedAppender(path, key="key")
         self.hits = 0
         self.misses = 0
 
@@ -165,7 +167,11 @@ _STAGES = ("stage1_reasoning", "stage2_evidence", "stage3_tags")
 
 def run_pipeline(cfg: SftDataConfig, echo: Callable[[str], None] = print,
                  reasoner: Backend | None = None, injector: Backend | None = None) -> dict:
-    """Run (or resume) the pipeline; returns the stats dict also saved to ``<out>.stats.json``."""
+    """Run (or resume) the pipeline; returns the stats dict also saved to ``<out>.stats.json``.
+
+    Under a multi-process launch each process runs its share of the items (its own backend copy) and the
+    main process merges the records, drops and cache into the shared files and sums the counts.
+    """
     if cfg.metric not in ("f1", "em"):
         raise ValueError(f"--metric must be f1 or em, got {cfg.metric!r}")
     if cfg.completeness not in ("verbatim", "similarity"):
@@ -175,7 +181,9 @@ def run_pipeline(cfg: SftDataConfig, echo: Callable[[str], None] = print,
     t0 = time.time()
     examples, report = load_examples_with_report(cfg.input, cfg.format, skip_invalid=cfg.skip_invalid,
                                                  limit=cfg.limit)
-    echo(report.summary())
+    main = distributed.is_main()
+    if main:
+        echo(report.summary())
     seen: set[str] = set()
     unique = []
     for ex in examples:
@@ -183,7 +191,7 @@ def run_pipeline(cfg: SftDataConfig, echo: Callable[[str], None] = print,
             seen.add(ex.id)
             unique.append(ex)
     duplicates = len(examples) - len(unique)
-    examples = unique
+    examples = distributed.shard(unique)
 
     opts = BackendOptions(batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, base_url=cfg.base_url,
                           api_key=cfg.api_key, concurrency=cfg.concurrency, timeout=cfg.timeout, retries=cfg.retries)
@@ -192,10 +200,14 @@ def run_pipeline(cfg: SftDataConfig, echo: Callable[[str], None] = print,
     system = cfg.system_prompt or care_format.DEFAULT_SYSTEM_PROMPT
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    saved = dataclasses.replace(cfg, api_key="***" if cfg.api_key else None)
-    save_config(saved, out.parent, name=sidecar(out, "config.json").name)
-    output = JsonlAppender(out)
-    dropped_log = JsonlAppender(sidecar(out, "dropped.jsonl"))
+    if main:
+        saved = dataclasses.replace(cfg, api_key="***" if cfg.api_key else None)
+        save_config(saved, out.parent, name=sidecar(out, "config.json").name)
+    # what a killed multi-process run left in its part files counts as done (before anyone reads)
+    distributed.merge_all([out, sidecar(out, "dropped.jsonl")])
+    distributed.merge_all([sidecar(out, "cache.jsonl")], key="key")
+    output = ShardedAppender(out)
+    dropped_log = ShardedAppender(sidecar(out, "dropped.jsonl"))
     cache = StageCache(sidecar(out, "cache.jsonl"))
     counts = {s: {"in": 0, "kept": 0, "dropped": 0} for s in _STAGES}
     reasons: dict[str, int] = {}
@@ -211,7 +223,7 @@ def run_pipeline(cfg: SftDataConfig, echo: Callable[[str], None] = print,
 
     from rich.progress import Progress
 
-    with Progress(transient=True) as bar:
+    with Progress(transient=True, disable=not main) as bar:
         task = bar.add_task("sft-data", total=len(examples))
         for start in range(0, len(examples), cfg.batch_size):
             batch = examples[start:start + cfg.batch_size]
@@ -289,18 +301,26 @@ def run_pipeline(cfg: SftDataConfig, echo: Callable[[str], None] = print,
             if cfg.item_delay and (need or need2):
                 time.sleep(cfg.item_delay * len(batch))
             bar.advance(task, len(batch))
+    distributed.merge_all([out, sidecar(out, "dropped.jsonl")])
+    distributed.merge_all([sidecar(out, "cache.jsonl")], key="key")
+    totals = distributed.sum_counts({"counts": counts, "reasons": reasons, "failed": failed, "written": written,
+                                     "hits": cache.hits, "misses": cache.misses})
+    counts, reasons, failed, written = totals["counts"], totals["reasons"], totals["failed"], totals["written"]
+    n_records = sum(1 for _ in read_jsonl(out, skip_invalid=True)) if out.exists() else 0
     stats = {
         "input": cfg.input, "format": report.format, "loaded": report.loaded, "skipped_invalid": report.skipped,
         "unanswerable": report.unanswerable, "duplicate_ids": duplicates, "backend_failures": failed,
-        "stages": counts, "drop_reasons": reasons, "output_records": len(output.done), "written_this_run": written,
-        "cache": {"hits": cache.hits, "misses": cache.misses}, "reasoner": reasoner.name,
+        "stages": counts, "drop_reasons": reasons, "output_records": n_records, "written_this_run": written,
+        "cache": {"hits": totals["hits"], "misses": totals["misses"]}, "reasoner": reasoner.name,
         "injector": injector.name, "prompt_version": version, "seconds": round(time.time() - t0, 2),
     }
+    if not main:
+        return stats
     sidecar(out, "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     for s in _STAGES:
         c = counts[s]
         echo(f"{s}: {c['in']} in, {c['kept']} kept, {c['dropped']} dropped")
     if failed:
         echo(f"{failed} items failed in a backend and were not cached; rerun to retry them")
-    echo(f"{len(output.done)} records in {out} ({written} new); stats in {sidecar(out, 'stats.json')}")
+    echo(f"{n_records} records in {out} ({written} new); stats in {sidecar(out, 'stats.json')}")
     return stats

@@ -88,7 +88,8 @@ class GRPORunConfig:
     seed: int = 0
     resume: bool = False
     use_vllm: bool = False
-    vllm_mode: str = "colocate"
+    vllm_mode: str = "colocate"  # colocate (inside each training process) | server (a `trl vllm-serve` process)
+    vllm_server_url: str | None = None  # server mode: where `trl vllm-serve` listens (TRL's default: localhost:8000)
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     dtype: str = "float32"
     gradient_checkpointing: bool = False

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from carelab import distributed
 from carelab.care import format as care_format
 from carelab.care.train.common import (
     bf16,
@@ -74,7 +75,8 @@ def _curriculum_trainer_class():
                 repeat_count=repeat, num_chunks=num_chunks, steps_per_chunk=steps_per_chunk, p_max=c["p_max"],
                 ramp_steps=c["ramp_steps"] or self.args.max_steps, seed=self.args.seed, enabled=c["enabled"],
                 log_path=c.get("log_path"))
-            sampler.write_log()
+            if self.accelerator.is_main_process:
+                sampler.write_log()
             return sampler
 
     return CareGRPOTrainer
@@ -86,6 +88,12 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     ``callbacks`` are extra TrainerCallbacks and ``reward_wrapper`` wraps each reward function (both used by
     ``benchmarks/grpo_step.py`` to time the parts of a step).
     """
+    vllm_options = {}
+    if cfg.use_vllm:  # checked before the heavy imports: a missing vLLM is refused at once
+        from carelab.vllm_support import grpo_options, require_vllm
+
+        vllm_options = grpo_options(cfg.vllm_mode, cfg.vllm_server_url)  # a bad mode fails before the check
+        require_vllm("--use-vllm")
     from datasets import Dataset
     from trl import GRPOConfig
 
@@ -101,7 +109,8 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     prepare_run(GRPOConfig, cfg.trl)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out, "grpo_config.json")
+    if distributed.is_main():
+        save_config(cfg, out, "grpo_config.json")
     model, tok = load_base(cfg.model, cfg.init_adapter, cfg.dtype)
     easy = [ex for path in cfg.easy for ex in load_examples(path, cfg.data_format, limit=cfg.limit)]
     hard = [ex for path in cfg.hard for ex in load_examples(path, cfg.data_format, limit=cfg.limit)]
@@ -142,7 +151,7 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
         entropy_coef=cfg.entropy_coef, loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_tokens,
         reward_weights=weights, logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
         seed=cfg.seed, report_to=cfg.report_to, use_cpu=not has_gpu(),
-        use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, dataloader_num_workers=0, bf16=bf16(cfg.dtype),
+        **vllm_options, dataloader_num_workers=0, bf16=bf16(cfg.dtype),
         activation_checkpointing=cfg.gradient_checkpointing,
         remove_unused_columns=False, log_completions=False, disable_tqdm=False,
         # dropout would make the old and new log-probs of the same tokens differ (noise in the PPO ratio)
@@ -158,15 +167,24 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     quiet_progress(trainer)
     resume = last_checkpoint(out) if cfg.resume else None
     trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(out / "grpo-adapter"))
+    trainer.save_model(str(out / "grpo-adapter"))  # every process calls it; the main one writes
     history = [h for h in trainer.state.log_history if "reward" in h]
+    final = out / FINAL_ADAPTER
+    metrics = {"steps": trainer.state.global_step, "n_easy": len(easy_rows), "n_hard": len(hard_rows),
+               "first_reward": history[0]["reward"] if history else None,
+               "last_reward": history[-1]["reward"] if history else None, "final_adapter": str(final)}
+    if distributed.is_main():
+        _write_grpo_outputs(cfg, out, history, metrics)
+    distributed.barrier()  # the next stage may read the final adapter on any process
+    return metrics
+
+
+def _write_grpo_outputs(cfg: GRPORunConfig, out: Path, history: list[dict], metrics: dict) -> None:
+    """The reward curve, the final adapter (SFT + GRPO stacked when started from SFT) and the metrics."""
     with (out / "reward_curve.jsonl").open("w") as fh:
         for h in history:
             fh.write(json.dumps({k: v for k, v in h.items() if k == "step" or k.startswith(("reward", "kl", "loss",
                                  "completions/mean_length"))}) + "\n")
-    metrics = {"steps": trainer.state.global_step, "n_easy": len(easy_rows), "n_hard": len(hard_rows),
-               "first_reward": history[0]["reward"] if history else None,
-               "last_reward": history[-1]["reward"] if history else None}
     final = out / FINAL_ADAPTER
     if cfg.init_adapter:
         from carelab.care.train.adapters import stack_lora_adapters
@@ -176,9 +194,7 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
         import shutil
 
         shutil.copytree(out / "grpo-adapter", final, dirs_exist_ok=True)
-    metrics["final_adapter"] = str(final)
     report = write_heldout_report(out)
     if report is not None:
         metrics["heldout_report"] = str(report)
     (out / "grpo_metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from carelab import distributed
 from carelab.care import format as care_format
 from carelab.care.train.common import (
     bf16,
@@ -76,7 +77,8 @@ def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> dict:
     prepare_run(SFTConfig, cfg.trl)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out, "sft_config.json")
+    if distributed.is_main():
+        save_config(cfg, out, "sft_config.json")
     model, tok = load_base(cfg.model, None, cfg.dtype)
     dataset = load_sft_dataset(cfg.data, tok, cfg.max_length)
     eval_ds = None
@@ -110,13 +112,15 @@ def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> dict:
     quiet_progress(trainer)
     resume = last_checkpoint(out) if cfg.resume else None
     result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(str(out))
-    tok.save_pretrained(str(out))
+    trainer.save_model(str(out))  # every process calls it (sharded models gather); the main one writes
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     metrics = {"train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
                "last_loss": losses[-1] if losses else None, "steps": trainer.state.global_step,
                "n_examples": len(dataset), "adapter": cfg.adapter}
-    (out / "sft_metrics.json").write_text(json.dumps(metrics, indent=2))
+    if distributed.is_main():
+        tok.save_pretrained(str(out))
+        (out / "sft_metrics.json").write_text(json.dumps(metrics, indent=2))
+    distributed.barrier()  # the next stage (GRPO, eval) may read the adapter on any process
     return metrics
 
 
