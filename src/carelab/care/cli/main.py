@@ -15,6 +15,7 @@ from rich.text import Text
 from carelab.care.cli.data import sft_data_command
 from carelab.care.cli.eval import eval_command, report_command
 from carelab.care.shipped import resolve_adapter
+from carelab.cli_errors import fail
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -30,12 +31,6 @@ app.command("report", help="Tables, bar chart and HTML evidence viewer from one 
 app.command("sft-data", help="Three-stage SFT data pipeline: reason -> keep correct -> inject evidence -> tag.")(
     sft_data_command
 )
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a one-line error and return the Exit to raise (no traceback for user errors)."""
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, however narrow the terminal
-    return typer.Exit(code)
 
 
 def render_reasoning(result) -> Text:
@@ -67,9 +62,9 @@ def _read_context(context: str) -> str:
     try:
         return read_text_file(context)
     except FileNotFoundError:
-        raise fail(f"{context}: no such file (use --context - to read standard input)") from None
+        fail(f"{context}: no such file (use --context - to read standard input)")
     except InputError as exc:
-        raise fail(str(exc)) from None
+        fail(str(exc))
 
 
 @app.command("ask")
@@ -97,17 +92,17 @@ def ask_command(
         try:
             prompt = read_text_file(system_prompt).strip()
         except (FileNotFoundError, InputError) as exc:
-            raise fail(str(exc)) from None
+            fail(str(exc))
     adapter_dir = resolve_adapter(adapter, model)
     try:
         mdl, tok = load_model(model, adapter=adapter_dir)
     except ModelSpecError as exc:
-        raise fail(str(exc)) from None
+        fail(str(exc))
     with warnings.catch_warnings(record=True):
         try:
             result = ask_many(mdl, tok, [(text, question, gold)], max_new_tokens=max_new_tokens, system_prompt=prompt)[0]
         except ValueError as exc:
-            raise fail(str(exc)) from None
+            fail(str(exc))
     if result.truncated:
         err.print("[yellow]warning:[/] the context was longer than the model's window; its middle was cut "
                   "so the question fits")
@@ -193,7 +188,7 @@ def _trl_pairs(pairs: list[str] | None, section: dict) -> dict | None:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise fail(f"--trl expects key=value, got {pair!r}")
+            fail(f"--trl expects key=value, got {pair!r}")
         merged[key.strip()] = yaml.safe_load(value)
     return merged
 
@@ -206,7 +201,7 @@ def _run_user_job(fn, cfg):
     try:
         return fn(cfg)
     except (InputError, ModelSpecError, FileNotFoundError, ValueError) as exc:
-        raise fail(str(exc)) from None
+        fail(str(exc))
 
 
 @app.command("sft")
@@ -247,7 +242,7 @@ def sft_command(
     try:
         cfg = build_config(SFTRunConfig, {k: v for k, v in section.items() if k != "data"}, overrides, source)
     except TypeError as exc:
-        raise fail(f"missing setting: {exc}") from None
+        fail(f"missing setting: {exc}")
     metrics = _run_user_job(run_sft, cfg)
     console.print(f"[bold green]SFT done[/] loss {metrics['first_loss']} -> {metrics['last_loss']} "
                   f"({metrics['steps']} steps) · adapter in {out}")
@@ -309,9 +304,9 @@ def grpo_command(
         try:
             weights = tuple(float(x) for x in reward_weights.split(","))
         except ValueError:
-            raise fail(f"--reward-weights: expected three numbers like 0.7,0.1,0.2, got {reward_weights!r}") from None
+            fail(f"--reward-weights: expected three numbers like 0.7,0.1,0.2, got {reward_weights!r}")
         if len(weights) != 3:
-            raise fail("--reward-weights needs exactly three numbers: accuracy,format,retrieval")
+            fail("--reward-weights needs exactly three numbers: accuracy,format,retrieval")
     overrides = dict(easy=easy or None, hard=hard or None, out=out, model=model, init_adapter=init_adapter,
                      data_format=data_format, adapter=adapter, max_steps=max_steps, lr=lr, batch_size=batch_size,
                      grad_accum=grad_accum, num_generations=num_generations, temperature=temperature, top_p=top_p, beta=beta,
@@ -326,9 +321,9 @@ def grpo_command(
     try:
         cfg = build_config(GRPORunConfig, {k: v for k, v in section.items() if k != "data"}, overrides, source)
     except TypeError as exc:
-        raise fail(f"missing setting: {exc}") from None
+        fail(f"missing setting: {exc}")
     if cfg.long_prompts not in ("truncate", "drop"):
-        raise fail("--long-prompts must be 'truncate' or 'drop'")
+        fail("--long-prompts must be 'truncate' or 'drop'")
     metrics = _run_user_job(run_grpo, cfg)
     console.print(f"[bold green]GRPO done[/] reward {metrics['first_reward']} -> {metrics['last_reward']} "
                   f"({metrics['steps']} steps) · adapter in {metrics['final_adapter']}")
@@ -353,7 +348,7 @@ def reproduce_command(
     try:
         eval_dir = reproduce(preset, out=out, model=model, seed=seed, ablations=ablations, base_run=base_run)
     except (InputError, ModelSpecError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from None
+        fail(str(exc))
     console.rule("[bold]Results (F1 ×100)")
     console.print(results_text([str(eval_dir)]))
     for name in ("report.md", "viewer.html"):
@@ -375,6 +370,6 @@ def ship_command(
     try:
         dest = ship_from_run(run_dir, out, force=force)
     except (InputError, ValueError) as exc:
-        raise fail(str(exc)) from None
+        fail(str(exc))
     size = sum(p.stat().st_size for p in dest.iterdir()) / 1e6
     console.print(f"[bold green]shipped[/] {dest} ({size:.1f} MB) · model card: {dest / 'README.md'}")
