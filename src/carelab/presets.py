@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from carelab.options import coerce_field_types
 from carelab.runs import InputError
 
 
@@ -51,6 +52,4 @@ def build_config(cls, section: dict[str, Any] | None, overrides: dict[str, Any],
             raise InputError(source, f"unknown setting for {cls.__name__}", field=key)
         values[key] = val
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if "reward_weights" in values and isinstance(values["reward_weights"], list):
-        values["reward_weights"] = tuple(values["reward_weights"])
-    return cls(**values)
+    return cls(**coerce_field_types(cls, values))

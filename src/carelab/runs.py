@@ -111,6 +111,40 @@ def provenance() -> dict[str, Any]:
     return info
 
 
+def saved_settings(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON config saved beside earlier outputs (None when there is none yet)."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    settings = read_json(p)
+    if not isinstance(settings, dict):
+        raise InputError(p, "a saved config must be a JSON object; delete it or use a new output folder")
+    return settings
+
+
+def check_same_settings(path: str | os.PathLike, old: Any, new: Any, keys: Iterable[str] | None = None, *,
+                        what: str = "this run folder",
+                        hint: str = "pass a new --out or delete the folder to start over") -> None:
+    """Refuse to resume outputs made with other settings: ``old`` (the saved config) and ``new`` must agree.
+
+    Why: resumed work reuses what is on disk, so a changed setting would silently mix two experiments.
+    Compared are ``keys`` (default: all) present in both, as JSON values (a tuple equals its saved list).
+    """
+    if not old:
+        return
+    old_d, new_d = json.loads(json.dumps(to_jsonable(old))), json.loads(json.dumps(to_jsonable(new)))
+    names = sorted(set(old_d) | set(new_d)) if keys is None else list(keys)
+    diff = [k for k in names if k in old_d and k in new_d and old_d[k] != new_d[k]]
+    if diff:
+        def short(v: Any) -> str:
+            text = repr(v)
+            return text if len(text) <= 60 else text[:57] + "..."
+
+        changes = "; ".join(f"{k}={short(old_d[k])}, now {short(new_d[k])}" for k in diff)
+        raise InputError(path, f"{what} was made with other settings ({', '.join(diff)} differ: {changes}); {hint}",
+                         field=diff[0])
+
+
 #: Deepest JSON nesting accepted from user files. Real datasets nest a handful of levels; anything deeper is
 #: refused at read time so no later recursive step (copying, saving, ``json.dumps``) can hit Python's limit.
 MAX_JSON_DEPTH = 100

@@ -23,7 +23,7 @@ from carelab import distributed
 from carelab.care.shipped import BUNDLED_LABEL
 from carelab.care.train.config import FINAL_ADAPTER
 from carelab.presets import build_config, load_preset
-from carelab.runs import InputError, save_config, to_jsonable
+from carelab.runs import InputError, check_same_settings, save_config, saved_settings
 
 console = Console()
 
@@ -244,14 +244,7 @@ def _evaluate_ablations(cfg: ReproduceConfig, data: dict[str, Any], main_root: P
 
 def _check_same_settings(cfg: ReproduceConfig, saved: Path) -> None:
     """Refuse to resume a run folder made with other settings (its finished stages would be reused)."""
-    if not saved.exists():
-        return
-    old = json.loads(saved.read_text())
-    new = json.loads(json.dumps(to_jsonable(cfg)))
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if diff:
-        raise InputError(saved, f"this run folder was made with other settings ({', '.join(diff)} differ); "
-                                "pass a new --out or delete the folder to start over")
+    check_same_settings(saved, saved_settings(saved), cfg)
 
 
 def reproduce(preset: str, out: str | None = None, model: str | None = None, seed: int | None = None,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from carelab.cli_errors import fail
 from carelab.runs import InputError
 
 app = typer.Typer(no_args_is_help=True)
@@ -23,11 +24,6 @@ def _ints(text: str, name: str) -> list[int]:
     if not vals or any(v < 1 for v in vals):
         raise typer.BadParameter(f"{name}: expected positive integers, got {text!r}")
     return vals
-
-
-def _fail(exc: Exception) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
 
 
 @app.command()
@@ -62,7 +58,7 @@ def sweep(
     try:
         run_sweep(cfg, show_progress=progress)
     except (InputError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @app.command()
@@ -77,7 +73,7 @@ def report(
     try:
         res = write_report(sweep_dir, out, bootstrap=bootstrap)
     except (InputError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     for obj, f in res["fits"].items():
         ci = f" (90% CI {f.R_D_ci[0]:.3g}–{f.R_D_ci[1]:.3g})" if f.R_D_ci else ""
         typer.echo(f"{obj}: R_D* = {f.R_D:.3g}{ci}, E = {f.E:.3f}, B = {f.B:.3g}, beta = {f.beta:.3f}")
@@ -102,14 +98,14 @@ def sample(
 
     path = run_dir / "model.pt"
     if not path.exists():
-        _fail(InputError(path, "no trained model here (is the run finished?)"))
+        fail(InputError(path, "no trained model here (is the run finished?)"))
     state = torch.load(path, map_location="cpu", weights_only=False)
     model = GPT(GPTConfig(**state["config"]))
     model.load_state_dict(state["model"])
     model.eval()
     tok = ByteTokenizer()
     if model.config.vocab_size != tok.vocab_size:
-        _fail(InputError(path, "sampling from the CLI supports byte-tokenizer runs only"))
+        fail(InputError(path, "sampling from the CLI supports byte-tokenizer runs only"))
     ids = torch.tensor(tok.encode(prompt), dtype=torch.long)
     kind = sampler if sampler != "auto" else ("ar" if model.causal else "llada")
     gen = torch.Generator().manual_seed(seed)
@@ -124,6 +120,6 @@ def sample(
         else:
             raise ValueError(f"unknown sampler {sampler!r}")
     except ValueError as exc:
-        _fail(exc)
+        fail(exc)
     for row in out:
         typer.echo("---\n" + tok.decode(row.tolist()))

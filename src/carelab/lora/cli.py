@@ -12,6 +12,8 @@ from pathlib import Path
 
 import typer
 
+from carelab.cli_errors import fail
+
 app = typer.Typer(no_args_is_help=True)
 
 
@@ -56,12 +58,10 @@ def fidelity_command(
         cfg.validate()
         run_experiment(cfg, out)
     except (InputError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(exc)
     except Exception as exc:  # model resolution errors etc.: one line, no traceback
         if type(exc).__name__ == "ModelSpecError":
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+            fail(exc)
         raise
     records = load_records(cfg, out)
     command = "carelab lora " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("fidelity"):]) \

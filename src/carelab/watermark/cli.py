@@ -9,16 +9,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import typer
 
+from carelab.cli_errors import fail
+
 app = typer.Typer(no_args_is_help=True)
-
-
-def _fail(msg: str) -> NoReturn:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(2)
 
 
 def _read_source(file: Path) -> str:
@@ -28,7 +24,7 @@ def _read_source(file: Path) -> str:
     try:
         return sys.stdin.read() if str(file) == "-" else read_text_file(file)
     except (InputError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def parse_depths(text: str) -> list[int]:
@@ -108,7 +104,7 @@ def robustness_command(
         cfg.validate()
         result = run(cfg)
     except (ValueError, InputError, ModelSpecError, IsolationUnavailable) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     typer.echo(result["table"])
     typer.echo(f"kept programs: {result['kept']}; report: {Path(result['out']) / 'report.md'}")
@@ -136,7 +132,7 @@ def detect_command(
         wm = make_scheme(scheme, _vocab_size(model, tok), **opts)
         det = wm.detect(tok(text, add_special_tokens=False)["input_ids"])
     except (ValueError, ModelSpecError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     typer.echo(json.dumps({"z": det.z, "p_value": det.p_value, "green": det.green, "scored": det.scored,
                            "watermarked": det.prediction}))
@@ -174,7 +170,7 @@ def transform_command(
         times = 1 if name == "mixed" else depth
         typer.echo(apply(code, name, seed, target=target, depth=depth, times=times), nl=False)
     except (TransformError, ValueError) as exc:
-        _fail(f"{file}: {exc}")
+        fail(f"{file}: {exc}")
 
 
 @app.command("sandbox")
@@ -193,6 +189,6 @@ def sandbox_command(
         r = run_program(code, Limits(wall_s=wall_s, cpu_s=max(1, int(wall_s)), memory_mb=memory_mb,
                                      allow_unisolated=no_isolation))
     except IsolationUnavailable as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(json.dumps({"status": r.status, "detail": r.detail, "seconds": round(r.duration_s, 3),
                            "contained": r.contained, "stdout_tail": r.stdout[-500:]}))

@@ -12,12 +12,9 @@ from pathlib import Path
 
 import typer
 
+from carelab.cli_errors import fail
+
 data_app = typer.Typer(no_args_is_help=True)
-
-
-def _fail(msg: str) -> typer.Exit:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    return typer.Exit(2)
 
 
 @data_app.command("synth", help="Write an offline synthetic dataset in a native format (hotpotqa, 2wiki, musique, "
@@ -38,18 +35,18 @@ def synth_command(
     from carelab.care.data import synth
 
     if kind not in synth.KINDS:
-        raise _fail(f"--kind must be one of {', '.join(synth.KINDS)}, got {kind!r}")
+        fail(f"--kind must be one of {', '.join(synth.KINDS)}, got {kind!r}")
     if split not in synth.SPLITS:
-        raise _fail(f"--split must be train or test, got {split!r}")
+        fail(f"--split must be train or test, got {split!r}")
     if style not in synth.STYLES:
-        raise _fail(f"--style must be one of {', '.join(synth.STYLES)}, got {style!r}")
+        fail(f"--style must be one of {', '.join(synth.STYLES)}, got {style!r}")
     opts: dict = {"context_words": context_words, "distractors": distractors}
     if hops:
         try:
             lo, _, hi = hops.partition("-")
             opts["hops"] = (int(lo), int(hi or lo))
         except ValueError:
-            raise _fail(f"--hops must be N or MIN-MAX, got {hops!r}") from None
+            fail(f"--hops must be N or MIN-MAX, got {hops!r}")
     path = synth.write(kind, n, seed, out, split=split, style=style, **opts)
     typer.echo(f"wrote {n} {kind} {split} items (seed {seed}, style {style}) to {path}")
 
@@ -68,7 +65,7 @@ def convert_command(
     try:
         examples, report = load_examples_with_report(input, format, skip_invalid=skip_invalid, limit=limit)
     except (InputError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc))
     write_jsonl(out, [e.to_dict() for e in examples])
     typer.echo(report.summary())
     for r in report.reasons[:5]:
@@ -94,7 +91,7 @@ def hub_command(
     try:
         examples = load(source, format, split, config, limit)
     except (InputError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc))
     write_jsonl(out, [e.to_dict() for e in examples])
     typer.echo(f"{source}: {len(examples)} examples -> {out}")
 
@@ -125,7 +122,7 @@ def check_facts_command(
     try:
         m, tok = load_model(model, adapter=adapter)
     except ModelSpecError as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc))
     n = min(limit or 10**9, len(candidate_facts()))
     with Progress() as bar:
         task = bar.add_task("check-facts", total=n + 3 * min(n, context_sample or n))
@@ -178,7 +175,7 @@ def sft_data_command(
     try:
         stats = run_pipeline(cfg, echo=typer.echo)
     except (InputError, FileNotFoundError, ValueError, BackendError, ModelSpecError) as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc))
     from carelab.distributed import is_main
 
     if is_main():  # one summary for the whole job
@@ -205,7 +202,7 @@ def serve_command(
     from carelab.vllm_support import ENGINES, VLLMUnavailable
 
     if engine not in ENGINES:
-        raise _fail(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        fail(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     try:
         from carelab.care.shipped import resolve_adapter
 
@@ -218,4 +215,4 @@ def serve_command(
         serve(model, adapter=resolved, host=host, port=port, model_name=name,
               max_new_tokens=max_new_tokens, max_queue=max_queue)
     except (ModelSpecError, VLLMUnavailable) as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc))

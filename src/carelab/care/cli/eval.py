@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from carelab.care.eval.baselines import METHODS
+from carelab.cli_errors import fail
 
 
 def parse_method(text: str, default_adapter: str | None = None, rag_k: int = 3, retriever: str = "bm25"):
@@ -36,11 +37,6 @@ def parse_method(text: str, default_adapter: str | None = None, rag_k: int = 3, 
     if adapter and adapter.lower() == "none":
         adapter = None
     return MethodSpec(method=method, label=label.strip() or None, adapter=adapter, rag_k=rag_k, retriever=retriever)
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(2)
 
 
 def eval_command(
@@ -95,7 +91,7 @@ def eval_command(
                             care_system_prompt=prompt, report=not no_report, engine=engine)
         run_eval(config)
     except (InputError, ModelSpecError, FileNotFoundError, RuntimeError) as exc:
-        raise _fail(exc) from None
+        fail(exc)
     if not is_main():
         return  # one summary, from the process that wrote the metrics
     typer.echo(results_text([out]))
@@ -123,5 +119,5 @@ def report_command(
         paths = write_report(run_dirs, out, max_viewer_examples=max_examples)
         typer.echo(results_text(run_dirs))
     except (InputError, FileNotFoundError) as exc:
-        raise _fail(exc) from None
+        fail(exc)
     typer.echo(f"report: {paths['markdown']}\nviewer: {paths['viewer']}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import warnings
@@ -15,7 +16,10 @@ from rich.text import Text
 from carelab.care.cli.data import sft_data_command
 from carelab.care.cli.eval import eval_command, report_command
 from carelab.care.shipped import resolve_adapter
+from carelab.care.train.config import GRPORunConfig, SFTRunConfig
+from carelab.cli_errors import fail
 from carelab.distributed import is_main
+from carelab.options import flag_parameters, with_signature
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -31,12 +35,6 @@ app.command("report", help="Tables, bar chart and HTML evidence viewer from one 
 app.command("sft-data", help="Three-stage SFT data pipeline: reason -> keep correct -> inject evidence -> tag.")(
     sft_data_command
 )
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a one-line error and return the Exit to raise (no traceback for user errors)."""
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, however narrow the terminal
-    return typer.Exit(code)
 
 
 def render_reasoning(result) -> Text:
@@ -68,9 +66,9 @@ def _read_context(context: str) -> str:
     try:
         return read_text_file(context)
     except FileNotFoundError:
-        raise fail(f"{context}: no such file (use --context - to read standard input)") from None
+        fail(f"{context}: no such file (use --context - to read standard input)")
     except InputError as exc:
-        raise fail(str(exc)) from None
+        fail(str(exc))
 
 
 @app.command("ask")
@@ -98,17 +96,17 @@ def ask_command(
         try:
             prompt = read_text_file(system_prompt).strip()
         except (FileNotFoundError, InputError) as exc:
-            raise fail(str(exc)) from None
+            fail(str(exc))
     adapter_dir = resolve_adapter(adapter, model)
     try:
         mdl, tok = load_model(model, adapter=adapter_dir)
     except ModelSpecError as exc:
-        raise fail(str(exc)) from None
+        fail(str(exc))
     with warnings.catch_warnings(record=True):
         try:
             result = ask_many(mdl, tok, [(text, question, gold)], max_new_tokens=max_new_tokens, system_prompt=prompt)[0]
         except ValueError as exc:
-            raise fail(str(exc)) from None
+            fail(str(exc))
     if result.truncated:
         err.print("[yellow]warning:[/] the context was longer than the model's window; its middle was cut "
                   "so the question fits")
@@ -180,25 +178,6 @@ def _preset_section(preset: str | None, section: str) -> tuple[dict, str]:
     return load_preset(preset).get(section) or {}, preset
 
 
-TRL_HELP = ("Any field of TRL's {cls} as key=value (repeatable; values read as YAML), e.g. {example}. "
-            "A preset sets them under `trl:`; unknown names fail before loading.")
-
-
-def _trl_pairs(pairs: list[str] | None, section: dict) -> dict | None:
-    """``--trl key=value`` flags merged over the preset's ``trl:`` mapping (None when neither sets any)."""
-    import yaml
-
-    if not pairs:
-        return None
-    merged = dict(section.get("trl") or {})
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise fail(f"--trl expects key=value, got {pair!r}")
-        merged[key.strip()] = yaml.safe_load(value)
-    return merged
-
-
 def _run_user_job(fn, cfg):
     """Run a training job, turning user errors into one-line messages (finished checkpoints stay on disk)."""
     from carelab.models import ModelSpecError
@@ -208,139 +187,67 @@ def _run_user_job(fn, cfg):
     try:
         return fn(cfg)
     except (InputError, ModelSpecError, FileNotFoundError, ValueError, VLLMUnavailable) as exc:
-        raise fail(str(exc)) from None
+        fail(str(exc))
 
 
-@app.command("sft")
-def sft_command(
-    data: list[str] = typer.Option(None, "--data", help="SFT JSONL file(s) from `carelab care sft-data` (repeatable)."),
-    out: str = typer.Option(..., "--out", help="Output folder (adapter, checkpoints, config, TensorBoard logs)."),
-    model: str | None = typer.Option(None, "--model", "-m", help="Model spec (default smollm2-135m-instruct)."),
-    adapter: str | None = typer.Option(None, "--adapter", help="lora|rslora|dora|pissa|lora-ga|lora+|lora-fa|lora-pro|full"),
-    preset: str | None = typer.Option(None, "--preset", help="cpu-quick | cpu-full | paper-qwen2.5-7b | YAML file"),
-    epochs: float | None = typer.Option(None, "--epochs"),
-    max_steps: int | None = typer.Option(None, "--max-steps"),
-    lr: float | None = typer.Option(None, "--lr"),
-    batch_size: int | None = typer.Option(None, "--batch-size"),
-    grad_accum: int | None = typer.Option(None, "--grad-accum"),
-    lora_r: int | None = typer.Option(None, "--lora-r"),
-    lora_alpha: int | None = typer.Option(None, "--lora-alpha"),
-    max_length: int | None = typer.Option(None, "--max-length"),
-    eval_fraction: float | None = typer.Option(None, "--eval-fraction", help="Hold out this share for eval loss."),
-    early_stopping: int | None = typer.Option(None, "--early-stopping", help="Patience in evaluations."),
-    save_steps: int | None = typer.Option(None, "--save-steps"),
-    seed: int | None = typer.Option(None, "--seed"),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
-    report_to: str | None = typer.Option(None, "--report-to", help="tensorboard (default), wandb, none, …"),
-    trl: list[str] = typer.Option(None, "--trl", help=TRL_HELP.format(cls="SFTConfig",
-                                                                    example="--trl lr_scheduler_type=linear")),
-) -> None:
-    """SFT on CARE-format reasoning traces (loss on the assistant turn only)."""
-    from carelab.care.train.config import SFTRunConfig
-    from carelab.care.train.sft import run_sft
+_PRESET = inspect.Parameter("preset", inspect.Parameter.KEYWORD_ONLY, annotation=str | None, default=typer.Option(
+    None, "--preset", help="cpu-quick | cpu-full | paper-qwen2.5-7b | YAML file; flags given override it"))
+
+
+def _config_from_flags(cls, section_name: str, flags: dict):
+    """The run config: the preset's section, then the flags given (all derived from ``cls``'s fields)."""
+    from carelab.options import FlagError, flag_values
     from carelab.presets import build_config
 
-    section, source = _preset_section(preset, "sft")
-    overrides = dict(data=data or None, out=out, model=model, adapter=adapter, epochs=epochs, max_steps=max_steps,
-                     lr=lr, batch_size=batch_size, grad_accum=grad_accum, lora_r=lora_r, lora_alpha=lora_alpha,
-                     max_length=max_length, eval_fraction=eval_fraction, early_stopping_patience=early_stopping,
-                     save_steps=save_steps, seed=seed, resume=resume or None, trl=_trl_pairs(trl, section),
-                     report_to=None if report_to is None else ([] if report_to == "none" else report_to.split(",")))
+    preset = flags.pop("preset", None)
+    section, source = _preset_section(preset, section_name)
     try:
-        cfg = build_config(SFTRunConfig, {k: v for k, v in section.items() if k != "data"}, overrides, source)
+        overrides = flag_values(cls, flags, section)
+        return build_config(cls, {k: v for k, v in section.items() if k != "data"}, overrides, source)
+    except FlagError as exc:
+        fail(exc)
     except TypeError as exc:
-        raise fail(f"missing setting: {exc}") from None
+        fail(f"missing setting: {exc}")
+    except ValueError as exc:
+        fail(exc)
+
+
+@with_signature([_PRESET, *flag_parameters(SFTRunConfig)])
+def sft_command(**flags) -> None:
+    """SFT on CARE-format reasoning traces (loss on the assistant turn only).
+
+    Every option is a field of SFTRunConfig (also a preset's `sft:` key); any other TRL SFTConfig field is
+    reachable with --trl key=value or a preset's `trl:` mapping.
+    """
+    from carelab.care.train.sft import run_sft
+
+    cfg = _config_from_flags(SFTRunConfig, "sft", flags)
     metrics = _run_user_job(run_sft, cfg)
     if is_main():
         console.print(f"[bold green]SFT done[/] loss {metrics['first_loss']} -> {metrics['last_loss']} "
-                      f"({metrics['steps']} steps) · adapter in {out}")
+                      f"({metrics['steps']} steps) · adapter in {cfg.out}")
 
 
-@app.command("grpo")
-def grpo_command(
-    easy: list[str] = typer.Option(None, "--easy", help="Easy-set file(s) (any supported format)."),
-    hard: list[str] = typer.Option(None, "--hard", help="Hard-set file(s), mixed in by the curriculum."),
-    out: str = typer.Option(..., "--out"),
-    model: str | None = typer.Option(None, "--model", "-m", help="Base model spec."),
-    init_adapter: str | None = typer.Option(None, "--init-adapter", help="SFT adapter folder to start from."),
-    data_format: str | None = typer.Option(None, "--format", help="Input format (default: detect)."),
-    adapter: str | None = typer.Option(None, "--adapter"),
-    preset: str | None = typer.Option(None, "--preset"),
-    max_steps: int | None = typer.Option(None, "--max-steps"),
-    lr: float | None = typer.Option(None, "--lr"),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Completions per forward/backward."),
-    grad_accum: int | None = typer.Option(None, "--grad-accum", help="batch-size × grad-accum = completions per step."),
-    num_generations: int | None = typer.Option(None, "--num-generations", help="Group size (default 5)."),
-    temperature: float | None = typer.Option(None, "--temperature", help="Rollout temperature (paper: 1.0)."),
-    top_p: float | None = typer.Option(None, "--top-p"),
-    beta: float | None = typer.Option(None, "--beta", help="KL coefficient (default 0.01)."),
-    max_prompt_tokens: int | None = typer.Option(None, "--max-prompt-tokens"),
-    max_completion_tokens: int | None = typer.Option(None, "--max-completion-tokens"),
-    long_prompts: str | None = typer.Option(None, "--long-prompts", help="truncate (middle of context) | drop"),
-    reward_weights: str | None = typer.Option(None, "--reward-weights", help="accuracy,format,retrieval e.g. 0.7,0.1,0.2"),
-    no_retrieval_reward: bool = typer.Option(False, "--no-retrieval-reward", help="Ablation: drop the retrieval reward."),
-    no_curriculum: bool = typer.Option(False, "--no-curriculum", help="Ablation: easy set only."),
-    p_max: float | None = typer.Option(None, "--p-max"),
-    ramp_steps: int | None = typer.Option(None, "--ramp-steps"),
-    limit: int | None = typer.Option(None, "--limit", help="Use at most N rows per file."),
-    save_steps: int | None = typer.Option(None, "--save-steps"),
-    seed: int | None = typer.Option(None, "--seed"),
-    resume: bool = typer.Option(False, "--resume"),
-    use_vllm: bool = typer.Option(False, "--use-vllm", help="vLLM rollouts (GPU; `pip install vllm`)."),
-    vllm_mode: str | None = typer.Option(None, "--vllm-mode", help="colocate (in each training process, default) "
-                                         "| server (start `trl vllm-serve --model …` first)."),
-    vllm_server_url: str | None = typer.Option(None, "--vllm-server-url", help="Server mode: the vLLM server's "
-                                               "URL (default http://localhost:8000)."),
-    report_to: str | None = typer.Option(None, "--report-to"),
-    num_iterations: int | None = typer.Option(None, "--num-iterations",
-                                              help="Updates per generated group (GRPO's μ; >1 reuses rollouts)."),
-    heldout_prompts: int | None = typer.Option(None, "--heldout-prompts",
-                                               help="Keep N prompts out of training; score them every --heldout-steps."),
-    heldout_steps: int | None = typer.Option(None, "--heldout-steps"),
-    trl: list[str] = typer.Option(None, "--trl", help=TRL_HELP.format(cls="GRPOConfig",
-                                                                    example="--trl loss_type=dr_grpo")),
-) -> None:
+@with_signature([_PRESET, *flag_parameters(GRPORunConfig)])
+def grpo_command(**flags) -> None:
     """GRPO with the accuracy/format/retrieval rewards and the easy→hard curriculum.
 
-    β = 0 (--beta 0) loads and runs no reference model. Every other TRL GRPOConfig field (loss_type,
-    scale_rewards, epsilon_high, mask_truncated_completions, vllm_mode, log_completions, …) is reachable
-    with --trl key=value or a preset's `trl:` mapping.
+    β = 0 (--beta 0) loads and runs no reference model. Every option is a field of GRPORunConfig (also a
+    preset's `grpo:` key); every other TRL GRPOConfig field (scale_rewards, epsilon_high,
+    mask_truncated_completions, log_completions, …) is reachable with --trl key=value or a preset's
+    `trl:` mapping, checked by name before anything is loaded.
     """
-    from carelab.care.train.config import GRPORunConfig
     from carelab.care.train.grpo import run_grpo
-    from carelab.presets import build_config
 
-    section, source = _preset_section(preset, "grpo")
-    weights = None
-    if reward_weights:
-        try:
-            weights = tuple(float(x) for x in reward_weights.split(","))
-        except ValueError:
-            raise fail(f"--reward-weights: expected three numbers like 0.7,0.1,0.2, got {reward_weights!r}") from None
-        if len(weights) != 3:
-            raise fail("--reward-weights needs exactly three numbers: accuracy,format,retrieval")
-    overrides = dict(easy=easy or None, hard=hard or None, out=out, model=model, init_adapter=init_adapter,
-                     data_format=data_format, adapter=adapter, max_steps=max_steps, lr=lr, batch_size=batch_size,
-                     grad_accum=grad_accum, num_generations=num_generations, temperature=temperature, top_p=top_p, beta=beta,
-                     max_prompt_tokens=max_prompt_tokens, max_completion_tokens=max_completion_tokens,
-                     long_prompts=long_prompts, reward_weights=weights,
-                     retrieval_reward=False if no_retrieval_reward else None,
-                     curriculum=False if no_curriculum else None, p_max=p_max, ramp_steps=ramp_steps, limit=limit,
-                     save_steps=save_steps, seed=seed, resume=resume or None, use_vllm=use_vllm or None,
-                     vllm_mode=vllm_mode, vllm_server_url=vllm_server_url,
-                     num_iterations=num_iterations, heldout_prompts=heldout_prompts, heldout_steps=heldout_steps,
-                     trl=_trl_pairs(trl, section),
-                     report_to=None if report_to is None else ([] if report_to == "none" else report_to.split(",")))
-    try:
-        cfg = build_config(GRPORunConfig, {k: v for k, v in section.items() if k != "data"}, overrides, source)
-    except TypeError as exc:
-        raise fail(f"missing setting: {exc}") from None
-    if cfg.long_prompts not in ("truncate", "drop"):
-        raise fail("--long-prompts must be 'truncate' or 'drop'")
+    cfg = _config_from_flags(GRPORunConfig, "grpo", flags)
     metrics = _run_user_job(run_grpo, cfg)
     if is_main():
         console.print(f"[bold green]GRPO done[/] reward {metrics['first_reward']} -> {metrics['last_reward']} "
                       f"({metrics['steps']} steps) · adapter in {metrics['final_adapter']}")
+
+
+app.command("sft")(sft_command)
+app.command("grpo")(grpo_command)
 
 
 @app.command("reproduce")
@@ -362,7 +269,7 @@ def reproduce_command(
     try:
         eval_dir = reproduce(preset, out=out, model=model, seed=seed, ablations=ablations, base_run=base_run)
     except (InputError, ModelSpecError, FileNotFoundError) as exc:
-        raise fail(str(exc)) from None
+        fail(str(exc))
     if not is_main():
         return
     console.rule("[bold]Results (F1 ×100)")
@@ -386,6 +293,6 @@ def ship_command(
     try:
         dest = ship_from_run(run_dir, out, force=force)
     except (InputError, ValueError) as exc:
-        raise fail(str(exc)) from None
+        fail(str(exc))
     size = sum(p.stat().st_size for p in dest.iterdir()) / 1e6
     console.print(f"[bold green]shipped[/] {dest} ({size:.1f} MB) · model card: {dest / 'README.md'}")

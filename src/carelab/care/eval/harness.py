@@ -33,7 +33,15 @@ from carelab.care.eval.metrics import (
     qa_f1_score,
 )
 from carelab.distributed import ShardedAppender
-from carelab.runs import InputError, read_jsonl, save_config, to_jsonable, warn
+from carelab.runs import (
+    InputError,
+    check_same_settings,
+    read_jsonl,
+    save_config,
+    saved_settings,
+    to_jsonable,
+    warn,
+)
 
 #: LongBench subset names (``meta["dataset"]``) -> the paper's column names.
 LONGBENCH_NAMES = {"multifieldqa_en": "MFQA", "hotpotqa": "HotpotQA", "2wikimqa": "2WikiMQA",
@@ -338,23 +346,16 @@ def _validate(config: EvalConfig) -> None:
 def _check_resume(config: EvalConfig, out: Path) -> None:
     """A run directory may be extended (more data, more methods) but not silently mixed with other settings."""
     path = out / "config.json"
-    if not path.exists():
+    old = saved_settings(path)
+    if not old:
         return
-    try:
-        old = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return
-    for key in ("model", "max_new_tokens", "max_prompt_tokens", "dtype", "care_system_prompt"):
-        if key in old and old[key] != getattr(config, key):
-            raise InputError(path, f"this run directory was made with {key}={old[key]!r}, now {getattr(config, key)!r}; "
-                                   "use a new --out, or the same setting to resume", field=key)
+    check_same_settings(path, old, config, ("model", "max_new_tokens", "max_prompt_tokens", "dtype",
+                                            "care_system_prompt"),
+                        what="this run directory", hint="use a new --out, or the same setting to resume")
     old_specs = {m.get("label") or m.get("method"): m for m in old.get("methods", [])}
     for spec in config.methods:
-        prev = old_specs.get(spec.name)
-        if prev and {k: prev.get(k) for k in ("method", "adapter", "rag_k", "retriever")} != {
-                "method": spec.method, "adapter": spec.adapter, "rag_k": spec.rag_k, "retriever": spec.retriever}:
-            raise InputError(path, f"label {spec.name!r} was evaluated with different settings ({prev}); "
-                                   "use another label or a new --out", field="methods")
+        check_same_settings(path, old_specs.get(spec.name), spec, ("method", "adapter", "rag_k", "retriever"),
+                            what=f"label {spec.name!r}", hint="use another label or a new --out")
 
 
 def _previous_methods(out: Path) -> list[MethodSpec]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from carelab.care import format as care_format
 from carelab.care.data.examples import QAExample
-from carelab.care.data.loaders import split_sentences
+from carelab.care.text import STOP_WORDS, split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +132,9 @@ class Backend(ABC):
 
 _CONNECT = ("First,", "Next,", "Then,", "After that,", "Finally,")
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'-]*")
-_STOP = frozenset("the a an of in on at to is was were be by for and or as with from that this it its which who "
-                  "what when where year city film novel born first next then after finally let me so answer step question "
-                   "work through".split())
+#: the shared stop words plus the words of the rule reasoning's own template, which align nothing
+_STOP = STOP_WORDS | frozenset("year city film novel born first next then after finally let me so answer step question "
+                               "work through".split())
 
 
 def _content_words(text: str) -> set[str]:

@@ -1,104 +1,130 @@
-"""The options of ``carelab care sft`` and ``carelab care grpo``: one dataclass each, saved beside the run.
+"""The options of ``carelab care sft`` and ``carelab care grpo``: one dataclass each, declared once.
+
+Each field (type, default, help) is the command's flag, the preset section's key and an entry of the config
+saved beside the run (:mod:`carelab.options`).
 
 Any other field of TRL's ``SFTConfig``/``GRPOConfig`` passes through ``trl`` (checked by :func:`trl_options`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from carelab.options import option
 from carelab.runs import InputError
 
 #: the folder inside a GRPO --out that holds the adapter to use (SFT + GRPO stacked when started from SFT)
 FINAL_ADAPTER = "final-adapter"
 
+_ADAPTERS = "lora|rslora|dora|pissa|lora-ga|lora+|lora-fa|lora-pro|full"
+_TRL_HELP = ("any field of TRL's {cls} as key=value (repeatable; values read as YAML), e.g. {example}; a preset "
+             "sets them under `trl:`. Unknown names fail before anything is loaded")
+
+
 @dataclass
 class SFTRunConfig:
-    """Everything ``carelab care sft`` needs; saved as ``sft_config.json`` beside the adapter."""
+    """Everything ``carelab care sft`` needs; saved as ``sft_config.json`` beside the adapter.
 
-    data: list[str]
-    out: str
-    model: str = "smollm2-135m-instruct"
-    adapter: str = "lora"
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    epochs: float = 3.0
-    max_steps: int = -1
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_length: int = 2048
-    eval_fraction: float = 0.0
-    early_stopping_patience: int | None = None
-    save_steps: int = 50
-    logging_steps: int = 5
-    seed: int = 0
-    resume: bool = False
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    dtype: str = "float32"
-    gradient_checkpointing: bool = False  # saves memory on big models; costs ~30 % time on small ones
-    #: pack several short traces into one row (TRL's BFD packing, padding-free): fewer padded tokens per step
-    packing: bool = False
-    #: any other field of TRL's ``SFTConfig`` (e.g. ``{"lr_scheduler_type": "linear"}``); checked before training
-    trl: dict[str, Any] = field(default_factory=dict)
+    Each field is also the ``--flag`` of the same name and the key of a preset's ``sft:`` section.
+    """
+
+    data: list[str] = option(help="SFT JSONL file(s) from `carelab care sft-data` (repeatable)")
+    out: str = option(help="output folder (adapter, checkpoints, config, TensorBoard logs)", required_flag=True)
+    model: str = option("smollm2-135m-instruct", help="model spec", short="-m")
+    adapter: str = option("lora", help=_ADAPTERS)
+    lora_r: int = option(8, help="LoRA rank")
+    lora_alpha: int = option(16, help="LoRA alpha")
+    lora_dropout: float = option(0.05, help="LoRA dropout")
+    epochs: float = option(3.0, help="training epochs")
+    max_steps: int = option(-1, help="stop after this many optimizer steps (-1: run the epochs)")
+    lr: float = option(2e-4, help="learning rate")
+    weight_decay: float = option(0.0, help="AdamW weight decay")
+    warmup_ratio: float = option(0.03, help="warm-up share of the steps (cosine schedule)")
+    batch_size: int = option(4, help="sequences per device per step")
+    grad_accum: int = option(1, help="gradient accumulation steps")
+    max_length: int = option(2048, help="longest record in tokens (longer ones are dropped with a warning)")
+    eval_fraction: float = option(0.0, help="hold out this share for eval loss")
+    early_stopping_patience: int | None = option(None, help="patience in evaluations (needs --eval-fraction)",
+                                                 flag="--early-stopping")
+    save_steps: int = option(50, help="checkpoint every N steps")
+    logging_steps: int = option(5, help="log every N steps")
+    seed: int = option(0, help="random seed")
+    resume: bool = option(False, help="continue from the last checkpoint in --out")
+    report_to: list[str] = option(help="tensorboard, wandb, … comma-separated, or none", parse="csv",
+                                  factory=lambda: ["tensorboard"])
+    dtype: str = option("float32", help="float32 | bfloat16 (bf16 mixed precision on GPU)")
+    gradient_checkpointing: bool = option(False, help="save memory on big models; costs ~30 % time on small ones")
+    packing: bool = option(False, help="pack several short traces into one row (TRL's BFD packing, padding-free)")
+    trl: dict[str, Any] = option(help=_TRL_HELP.format(cls="SFTConfig", example="--trl lr_scheduler_type=linear"),
+                                 parse="pairs", factory=dict)
 
 
 @dataclass
 class GRPORunConfig:
-    """Everything ``carelab care grpo`` needs; saved as ``grpo_config.json`` beside the run."""
+    """Everything ``carelab care grpo`` needs; saved as ``grpo_config.json`` beside the run.
 
-    easy: list[str]
-    out: str
-    hard: list[str] = field(default_factory=list)
-    model: str = "smollm2-135m-instruct"
-    init_adapter: str | None = None  # SFT adapter to merge before GRPO (the paper's SFT→RL chain)
-    data_format: str | None = None
-    adapter: str = "lora"
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lr: float = 1e-6
-    weight_decay: float = 1e-2
-    max_steps: int = 100
-    batch_size: int = 5  # completions per forward/backward; batch_size × grad_accum must hold whole groups
-    grad_accum: int = 1
-    num_generations: int = 5
-    temperature: float = 1.0
-    top_p: float = 1.0
-    beta: float = 0.01  # 0 = no reference model is loaded or run (TRL's default); the paper keeps 0.01
-    num_iterations: int = 1  # optimizer updates per generated batch (GRPO's μ; > 1 reuses rollouts, clipped)
-    epsilon: float = 0.2
-    entropy_coef: float = 1e-3
-    loss_type: str = "dapo"
-    max_prompt_tokens: int = 2048
-    max_completion_tokens: int = 2048
-    long_prompts: str = "truncate"  # truncate (middle of the context) | drop
-    reward_weights: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    retrieval_reward: bool = True
-    curriculum: bool = True
-    p_max: float = 0.5
-    ramp_steps: int | None = None
-    accuracy_normalized: bool = False
-    max_quote_share: float | None = None
-    save_steps: int = 10
-    logging_steps: int = 1
-    seed: int = 0
-    resume: bool = False
-    use_vllm: bool = False
-    vllm_mode: str = "colocate"  # colocate (inside each training process) | server (a `trl vllm-serve` process)
-    vllm_server_url: str | None = None  # server mode: where `trl vllm-serve` listens (TRL's default: localhost:8000)
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    dtype: str = "float32"
-    gradient_checkpointing: bool = False
-    limit: int | None = None
-    #: any other field of TRL's ``GRPOConfig`` (e.g. ``{"scale_rewards": "batch"}``); checked before training
-    trl: dict[str, Any] = field(default_factory=dict)
-    #: score the reward on this many held-out prompts every ``heldout_steps`` steps (0 = off)
-    heldout_prompts: int = 0
-    heldout_steps: int = 10
+    Each field is also the ``--flag`` of the same name and the key of a preset's ``grpo:`` section.
+    """
+
+    easy: list[str] = option(help="easy-set file(s) (any supported format)")
+    out: str = option(help="output folder (adapters, checkpoints, curves, config)", required_flag=True)
+    hard: list[str] = option(help="hard-set file(s), mixed in by the curriculum", factory=list)
+    model: str = option("smollm2-135m-instruct", help="base model spec", short="-m")
+    init_adapter: str | None = option(None, help="SFT adapter folder to start from (merged: GRPO's KL reference)")
+    data_format: str | None = option(None, help="input format (default: detect)", flag="--format")
+    adapter: str = option("lora", help=_ADAPTERS)
+    lora_r: int = option(8, help="LoRA rank")
+    lora_alpha: int = option(16, help="LoRA alpha")
+    lr: float = option(1e-6, help="learning rate")
+    weight_decay: float = option(1e-2, help="AdamW weight decay")
+    max_steps: int = option(100, help="optimizer steps")
+    batch_size: int = option(5, help="completions per forward/backward; × --grad-accum must hold whole groups")
+    grad_accum: int = option(1, help="batch-size × grad-accum = completions per step")
+    num_generations: int = option(5, help="group size (completions per prompt)")
+    temperature: float = option(1.0, help="rollout temperature (paper: 1.0)")
+    top_p: float = option(1.0, help="rollout nucleus sampling")
+    beta: float = option(0.01, help="KL coefficient; 0 loads and runs no reference model (the paper keeps 0.01)")
+    num_iterations: int = option(1, help="updates per generated group (GRPO's μ; > 1 reuses rollouts, clipped)")
+    epsilon: float = option(0.2, help="PPO clip range")
+    entropy_coef: float = option(1e-3, help="entropy bonus coefficient")
+    loss_type: str = option("dapo", help="TRL loss: grpo | dr_grpo | dapo | bnpo | …")
+    max_prompt_tokens: int = option(2048, help="longer prompts are middle-truncated in the context or dropped")
+    max_completion_tokens: int = option(2048, help="longest completion in tokens")
+    long_prompts: str = option("truncate", help="truncate (middle of the context) | drop")
+    reward_weights: tuple[float, float, float] = option((0.7, 0.1, 0.2), help="accuracy,format,retrieval",
+                                                         parse="floats")
+    retrieval_reward: bool = option(True, help="the retrieval reward (--no-retrieval-reward: the ablation)")
+    curriculum: bool = option(True, help="easy→hard curriculum (--no-curriculum: easy set only, the ablation)")
+    p_max: float = option(0.5, help="the curriculum's final share of hard prompts")
+    ramp_steps: int | None = option(None, help="steps over which the hard share ramps up (default: all)")
+    accuracy_normalized: bool = option(False, help="LongBench-normalised answer F1 instead of the official set F1")
+    max_quote_share: float | None = option(None, help="anti-copy: a quote longer than this share of the context "
+                                                      "earns nothing")
+    save_steps: int = option(10, help="checkpoint every N steps")
+    logging_steps: int = option(1, help="log every N steps")
+    seed: int = option(0, help="random seed")
+    resume: bool = option(False, help="continue from the last checkpoint in --out")
+    use_vllm: bool = option(False, help="vLLM rollouts (GPU; `pip install vllm`)")
+    vllm_mode: str = option("colocate", help="colocate (inside each training process) | server (a `trl vllm-serve` "
+                                             "process)")
+    vllm_server_url: str | None = option(None, help="server mode: where `trl vllm-serve` listens (TRL's default: "
+                                                    "localhost:8000)")
+    report_to: list[str] = option(help="tensorboard, wandb, … comma-separated, or none", parse="csv",
+                                  factory=lambda: ["tensorboard"])
+    dtype: str = option("float32", help="float32 | bfloat16 (bf16 mixed precision on GPU)")
+    gradient_checkpointing: bool = option(False, help="save memory on big models")
+    limit: int | None = option(None, help="use at most N rows per file")
+    trl: dict[str, Any] = option(help=_TRL_HELP.format(cls="GRPOConfig", example="--trl loss_type=dr_grpo"),
+                                 parse="pairs", factory=dict)
+    heldout_prompts: int = option(0, help="keep N prompts out of training; score them every --heldout-steps")
+    heldout_steps: int = option(10, help="steps between held-out reward evaluations")
+
+    def __post_init__(self) -> None:
+        if len(self.reward_weights) != 3:
+            raise ValueError("reward_weights needs exactly three numbers: accuracy,format,retrieval")
+        if self.long_prompts not in ("truncate", "drop"):
+            raise ValueError("long_prompts must be 'truncate' or 'drop'")
 
 
 def trl_options(config_cls, extra: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
