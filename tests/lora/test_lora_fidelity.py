@@ -11,15 +11,26 @@ from peft import LoraConfig, get_peft_model
 from typer.testing import CliRunner
 
 from carelab.lora.cli import app
-from carelab.lora.fidelity import FidelityConfig, layer_fidelity, load_records, make_task, run_experiment
+from carelab.lora.fidelity import (
+    FIDELITY_METHODS,
+    FidelityConfig,
+    best_lr_rows,
+    closeness_rows,
+    layer_fidelity,
+    load_records,
+    make_task,
+    run_experiment,
+    summarise,
+)
 from carelab.lora.lorapro import find_lora_pairs
+from carelab.lora.variants import ADAPTER_CHOICES
 from carelab.models import load_model
 from carelab.runs import InputError
 
 
 def _tiny_cfg(**kw) -> FidelityConfig:
     base = dict(methods=["lora", "lora-pro", "full"], optimizers=["sgd", "adamw"], sgd_lrs=[0.5], adamw_lrs=[1e-2],
-                seeds=1, steps=3, batch_size=4, seq_len=16, n_train=32, n_eval=8)
+                seeds=1, steps=3, batch_size=4, seq_len=16, n_train=32, n_eval=8, n_test=8)
     base.update(kw)
     return FidelityConfig(**base)
 
@@ -85,8 +96,9 @@ def test_experiment_writes_report_and_resumes(tmp_path):
 
 def test_tasks_are_deterministic_and_text_file_errors_are_clear(tmp_path):
     _, tok = load_model("tiny-random-qwen2")
-    a, _ = make_task(_tiny_cfg(task="copy"), tok)
-    b, _ = make_task(_tiny_cfg(task="copy"), tok)
+    a, dev, test = make_task(_tiny_cfg(task="copy"), tok)
+    b, _, _ = make_task(_tiny_cfg(task="copy"), tok)
+    assert len(dev) == 8 and len(test) == 8
     assert torch.equal(a, b) and a.shape == (32, 16)
     half = (16 - 1) // 2
     assert torch.equal(a[:, :half], a[:, half + 1 : 2 * half + 1])
@@ -105,3 +117,27 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     assert res.exit_code == 2 and "task" in res.output
     res = runner.invoke(app, ["variants"])
     assert res.exit_code == 0 and "lora-pro" in res.output
+
+
+def test_every_variant_takes_part_and_the_closeness_table_pairs_seeds(tmp_path):
+    """All adapter names train under AdamW; each is compared with full FT at dev-chosen lrs, paired by seed."""
+    assert set(ADAPTER_CHOICES) <= set(FIDELITY_METHODS)
+    cfg = _tiny_cfg(methods=list(ADAPTER_CHOICES), optimizers=["adamw"], adamw_lrs=[1e-3, 1e-2], seeds=2, steps=2)
+    summary = run_experiment(cfg, tmp_path, progress=False)
+    records = load_records(cfg, tmp_path)
+    assert len(records) == len(ADAPTER_CHOICES) * 2 * 2
+    for r in records:
+        assert len(r["losses"]) == 2 and 0.0 <= r["test_acc"] <= 1.0, r["run_id"]
+    rows = closeness_rows(records, best_lr_rows(summarise(records)))
+    assert {r["method"] for r in rows} == set(ADAPTER_CHOICES)
+    full = next(r for r in rows if r["method"] == "full")
+    assert full["curve_dist"] == 0.0 and full["seeds"] == 2  # full against itself
+    for row in rows:  # the chosen lr is the dev-loss minimiser, whatever the test split says
+        dev: dict[float, list[float]] = {}
+        for r in records:
+            if r["method"] == row["method"]:
+                dev.setdefault(r["lr"], []).append(r["eval_loss"])
+        assert row["lr"] == min(dev, key=lambda lr: sum(dev[lr]) / len(dev[lr]))
+    text = summary.read_text()
+    assert "Which variant comes closest to full fine-tuning" in text and "LoRA-Pro ranks" in text
+    assert (tmp_path / "gap_to_full.png").exists() and (tmp_path / "closeness.csv").exists()

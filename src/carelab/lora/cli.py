@@ -32,7 +32,8 @@ def _names(text: str) -> list[str]:
 def fidelity_command(
     model: str = typer.Option("tiny-random-qwen2", "--model", help="Model spec (tiny-random-qwen2, smollm2-135m-instruct, HF folder)."),
     task: str = typer.Option("bigram", "--task", help="bigram | copy | path to a text file (one example per line)."),
-    methods: str = typer.Option("lora,lora-pro,full", "--methods", help="Comma list of lora, rslora, lora-pro, lora-pro-full, full."),
+    methods: str = typer.Option("lora,lora-pro,full", "--methods", help="Comma list of lora, rslora, lora+, dora, pissa, lora-ga, lora-fa, lora-pro, lora-pro-full, full "
+                         "(lora+, dora, pissa, lora-ga, lora-fa, lora-pro-full run with AdamW only)."),
     optimizers: str = typer.Option("sgd,adamw", "--optimizers", help="Comma list of sgd, adamw."),
     sgd_lrs: str = typer.Option("0.1,0.3,1,3", "--sgd-lrs", help="SGD learning-rate grid."),
     adamw_lrs: str = typer.Option("0.001,0.003,0.01,0.03", "--adamw-lrs", help="AdamW learning-rate grid."),
@@ -43,17 +44,20 @@ def fidelity_command(
     rank: int = typer.Option(4, "--rank", help="LoRA rank r."),
     alpha: float = typer.Option(8.0, "--alpha", help="LoRA alpha (s = alpha/r, or alpha/sqrt(r) for rslora)."),
     target_modules: str = typer.Option("all-linear", "--target-modules"),
+    init_std: float = typer.Option(0.0, "--init-std", help="Re-initialise the (random) model's linear/embedding "
+                                   "weights with this std; 0 keeps them (the tiny models' 0.02 caps the logits)."),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads (1 is fastest for tiny models on a shared box)."),
     out: Path = typer.Option(Path("runs/lora-fidelity"), "--out", help="Output folder (resumes if it has runs.jsonl)."),
 ) -> None:
-    """Cosine/error of LoRA vs LoRA-Pro equivalent gradients to the exact full gradient, and loss curves vs full FT."""
+    """Every LoRA variant vs full fine-tuning (lr grid × seeds, dev-chosen lr, test metric) and LoRA-Pro's gradient fidelity."""
     from carelab.lora.fidelity import FidelityConfig, load_records, run_experiment, write_report
     from carelab.runs import InputError
 
     cfg = FidelityConfig(model=model, task=task, methods=_names(methods), optimizers=_names(optimizers),
                          sgd_lrs=_floats(sgd_lrs, "--sgd-lrs"), adamw_lrs=_floats(adamw_lrs, "--adamw-lrs"),
                          seeds=seeds, steps=steps, batch_size=batch_size, seq_len=seq_len, rank=rank, alpha=alpha,
-                         target_modules=target_modules, threads=threads)
+                         target_modules=target_modules, threads=threads,
+                         init_std=init_std or None)
     try:
         cfg.validate()
         run_experiment(cfg, out)
@@ -67,7 +71,8 @@ def fidelity_command(
     command = "carelab lora " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("fidelity"):]) \
         if "fidelity" in sys.argv else None
     summary = write_report(records, cfg, out, command=command)
-    typer.echo(f"wrote {summary} (+ summary.csv, best_lr.csv, fidelity.csv, steps.csv, loss_curves.png, fidelity.png)")
+    typer.echo(f"wrote {summary} (+ closeness.csv, summary.csv, best_lr.csv, fidelity.csv, steps.csv, loss_curves.png, "
+               "gap_to_full.png, fidelity.png)")
 
 
 @app.command("variants")

@@ -5,7 +5,10 @@ projection of the full-weight gradient G onto what a rank-r step can express, wh
 distorted version of it. This module measures that claim on a small causal LM, per step and per
 adapted layer, with the exact G captured by letting autograd compute the (frozen) base weights'
 gradients, and puts it beside what users care about: loss curves against full fine-tuning under SGD
-and AdamW over an lr grid and several seeds, step time, and optimizer-state bytes.
+and AdamW over an lr grid and several seeds, step time, and optimizer-state bytes. Every adapter variant
+of :mod:`carelab.lora.variants` can take part (AdamW), so one table answers which comes closest to full
+fine-tuning at what cost; each method's lr is chosen on a dev split and the test split gives the
+held-out loss and next-token accuracy.
 
 Each finished run is appended to ``runs.jsonl`` at once, so an interrupted experiment resumes where it
 stopped; ``config.json``, CSV tables, PNG plots and ``summary.md`` are (re)written from all runs.
@@ -34,7 +37,11 @@ from carelab.lora.lorapro import (
 from carelab.lora.variants import resolve_target_modules
 from carelab.runs import InputError, JsonlAppender, read_jsonl, save_config
 
-FIDELITY_METHODS = ("lora", "rslora", "lora-pro", "lora-pro-full", "full")
+#: every adapter carelab offers (``carelab.lora.variants.ADAPTER_CHOICES``) plus LoRA-Pro's full mode
+FIDELITY_METHODS = ("lora", "rslora", "lora+", "dora", "pissa", "lora-ga", "lora-fa", "lora-pro", "lora-pro-full",
+                    "full")
+#: methods that also run with plain SGD (the others are defined by their AdamW optimizer or need PEFT setup)
+SGD_METHODS = ("lora", "rslora", "lora-pro", "full")
 OPTIMIZERS = ("sgd", "adamw")
 TASKS = ("bigram", "copy")
 
@@ -57,11 +64,16 @@ class FidelityConfig:
     alpha: float = 8.0
     target_modules: str = "all-linear"
     n_train: int = 512
-    n_eval: int = 64
+    n_eval: int = 64  # dev split: picks each method's learning rate
+    n_test: int = 64  # held-out split: the reported loss and next-token accuracy
     sub_vocab: int = 48
     data_seed: int = 1234
     threads: int = 1
     dtype: str = "float32"
+    #: re-initialise a random model's linear and embedding weights with this std (None: keep). The tiny
+    #: models' std 0.02 caps logits at ≈0.6 through the frozen tied head, so no method can lower the loss
+    #: much; ≈1/√hidden gives a model whose loss can fall and where low-rank vs full-rank updates differ.
+    init_std: float | None = None
 
     def validate(self) -> None:
         for m in self.methods:
@@ -76,6 +88,8 @@ class FidelityConfig:
             raise ValueError("steps, seeds, batch size and rank must be ≥ 1 and seq_len ≥ 4")
         if any(lr <= 0 for lr in self.sgd_lrs + self.adamw_lrs):
             raise ValueError("learning rates must be positive")
+        if self.init_std is not None and self.init_std <= 0:
+            raise ValueError("init_std must be positive")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,10 +106,10 @@ def _token_pool(tok, size: int, gen: torch.Generator) -> torch.Tensor:
     return torch.tensor(ids)[perm]
 
 
-def make_task(cfg: FidelityConfig, tok) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train and eval token tensors ``(N, seq_len)`` for the task (deterministic in ``data_seed``)."""
+def make_task(cfg: FidelityConfig, tok) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Train, dev and test token tensors ``(N, seq_len)`` for the task (deterministic in ``data_seed``)."""
     gen = torch.Generator().manual_seed(cfg.data_seed)
-    n = cfg.n_train + cfg.n_eval
+    n = cfg.n_train + cfg.n_eval + cfg.n_test
     L = cfg.seq_len
     if cfg.task == "bigram":
         # a sparse random Markov chain over a sub-vocabulary: each token has 3 likely successors
@@ -133,7 +147,8 @@ def make_task(cfg: FidelityConfig, tok) -> tuple[torch.Tensor, torch.Tensor]:
         chunks = torch.tensor(stream[: len(stream) // L * L]).view(-1, L)
         idx = torch.randint(0, len(chunks), (n,), generator=gen)
         data = chunks[idx]
-    return data[: cfg.n_train], data[cfg.n_train :]
+    dev_end = cfg.n_train + cfg.n_eval
+    return data[: cfg.n_train], data[cfg.n_train : dev_end], data[dev_end:]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,9 +188,24 @@ def _state_bytes(opt: torch.optim.Optimizer) -> int:
     return total
 
 
-def _build(method: str, optimizer: str, lr: float, base: nn.Module, cfg: FidelityConfig):
-    """Model + optimizer (+ whether gradients get the LoRA-Pro adjustment before a plain SGD step)."""
+def _train_batches(train: torch.Tensor, cfg: FidelityConfig, seed: int):
+    """The run's batch order (a generator per seed, so every method of a seed sees the same batches)."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(cfg.steps):
+        yield train[torch.randint(0, len(train), (cfg.batch_size,), generator=gen)]
+
+
+def _build(method: str, optimizer: str, lr: float, base: nn.Module, cfg: FidelityConfig, train: torch.Tensor,
+           seed: int):
+    """Model + optimizer (+ whether gradients get the LoRA-Pro adjustment before a plain SGD step).
+
+    AdamW runs of adapter variants go through :func:`carelab.lora.variants.prepare_adapter` and
+    :func:`~carelab.lora.variants.make_optimizer`, the wiring ``carelab care sft --adapter`` uses, so the
+    experiment measures exactly what users train with.
+    """
     from peft import LoraConfig, get_peft_model
+
+    from carelab.lora.variants import make_optimizer, prepare_adapter
 
     model = copy.deepcopy(base)
     adjust_before_step = False
@@ -190,48 +220,63 @@ def _build(method: str, optimizer: str, lr: float, base: nn.Module, cfg: Fidelit
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.SGD(params, lr=lr) if optimizer == "sgd" else torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         return model, opt, adjust_before_step
+    if optimizer == "adamw":
+        if method == "lora-pro-full":
+            setup = prepare_adapter("lora", model, r=cfg.rank, alpha=cfg.alpha, dropout=0.0,
+                                    target_modules=cfg.target_modules, lr=lr)
+            opt = LoRAProAdamW(setup.model, lr=lr, weight_decay=0.0, mode="full")
+            return setup.model, opt, adjust_before_step
+        batches = None
+        if method == "lora-ga":  # gradient estimation on the run's own first batches (not training)
+            batches = [{"input_ids": ids, "labels": ids} for ids in _train_batches(train, cfg, seed)]
+        setup = prepare_adapter(method, model, r=cfg.rank, alpha=cfg.alpha, dropout=0.0,
+                                target_modules=cfg.target_modules, lr=lr, train_batches=batches)
+        return setup.model, make_optimizer(setup, setup.model, lr=lr, weight_decay=0.0), adjust_before_step
     config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=cfg.target_modules,
                         use_rslora=(method == "rslora"), bias="none")
     model = get_peft_model(model, config)
     params = [p for p in model.parameters() if p.requires_grad]
-    if method in ("lora", "rslora"):
-        opt = torch.optim.SGD(params, lr=lr) if optimizer == "sgd" else torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    elif optimizer == "sgd":  # LoRA-Pro with SGD: adjusted gradients, plain SGD step
-        opt = torch.optim.SGD(params, lr=lr)
-        adjust_before_step = True
-    else:
-        opt = LoRAProAdamW(model, lr=lr, weight_decay=0.0, mode="full" if method == "lora-pro-full" else "efficient")
+    opt = torch.optim.SGD(params, lr=lr)
+    adjust_before_step = method == "lora-pro"  # LoRA-Pro with SGD: adjusted gradients, plain SGD step
     return model, opt, adjust_before_step
 
 
 @torch.no_grad()
-def _eval_loss(model: nn.Module, data: torch.Tensor, batch_size: int) -> float:
+def evaluate(model: nn.Module, data: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """Mean next-token loss and top-1 next-token accuracy on ``data`` (the held-out task metric)."""
     model.eval()
-    total, count = 0.0, 0
+    total, count, correct, predicted = 0.0, 0, 0, 0
     for i in range(0, len(data), batch_size):
         ids = data[i : i + batch_size]
-        total += model(input_ids=ids, labels=ids).loss.item() * len(ids)
+        out = model(input_ids=ids, labels=ids)
+        total += out.loss.item() * len(ids)
         count += len(ids)
+        correct += int((out.logits[:, :-1].argmax(-1) == ids[:, 1:]).sum())
+        predicted += ids[:, 1:].numel()
     model.train()
-    return total / max(count, 1)
+    return total / max(count, 1), correct / max(predicted, 1)
+
+
+def _probe_pairs(model: nn.Module, method: str) -> list:
+    """The LoRA pairs whose exact full-weight gradient is captured (none for full FT, DoRA or frozen A)."""
+    if method in ("full", "dora"):
+        return []
+    return [p for p in find_lora_pairs(model) if p.A.requires_grad and p.B.requires_grad]
 
 
 def run_one(method: str, optimizer: str, lr: float, seed: int, base: nn.Module, train: torch.Tensor,
-            evald: torch.Tensor, cfg: FidelityConfig) -> dict:
+            dev: torch.Tensor, test: torch.Tensor, cfg: FidelityConfig) -> dict:
     """Train one (method, optimizer, lr, seed) for ``cfg.steps`` steps; return its record."""
     torch.manual_seed(seed)
-    model, opt, adjust_first = _build(method, optimizer, lr, base, cfg)
+    model, opt, adjust_first = _build(method, optimizer, lr, base, cfg, train, seed)
     model.train()
-    pairs = find_lora_pairs(model) if method != "full" else []
+    pairs = _probe_pairs(model, method)
     for pair in pairs:  # the probe: autograd also computes dL/dW0 (= dL/dW, dropout is 0); never stepped
         pair.module.get_base_layer().weight.requires_grad_(True)
-    gen = torch.Generator().manual_seed(seed)
     losses, opt_ms, fwd_ms = [], [], []
     per_step: list[dict] = []
     per_layer: list[dict] = []
-    for step in range(cfg.steps):
-        idx = torch.randint(0, len(train), (cfg.batch_size,), generator=gen)
-        ids = train[idx]
+    for step, ids in enumerate(_train_batches(train, cfg, seed)):
         t0 = time.perf_counter()
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
@@ -258,11 +303,14 @@ def run_one(method: str, optimizer: str, lr: float, seed: int, base: nn.Module, 
         opt_ms.append(1000 * (t3 - t2))
         if not math.isfinite(losses[-1]):
             break
+    finite = math.isfinite(losses[-1])
+    dev_loss, _ = evaluate(model, dev, cfg.batch_size) if finite else (float("nan"), float("nan"))
+    test_loss, test_acc = evaluate(model, test, cfg.batch_size) if finite else (float("nan"), float("nan"))
     record = {
         "run_id": f"{method}|{optimizer}|{lr:g}|{seed}",
         "method": method, "optimizer": optimizer, "lr": lr, "seed": seed,
         "losses": losses,
-        "eval_loss": _eval_loss(model, evald, cfg.batch_size) if math.isfinite(losses[-1]) else float("nan"),
+        "eval_loss": dev_loss, "test_loss": test_loss, "test_acc": test_acc,
         "opt_step_ms": statistics.median(opt_ms), "fwd_bwd_ms": statistics.median(fwd_ms),
         "state_bytes": _state_bytes(opt),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad and not _is_probe(p, pairs)),
@@ -281,17 +329,35 @@ def _is_probe(p: torch.Tensor, pairs) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
+#: run first within a seed: the reference every method is compared with, then the question's two methods
+_FIRST = ("full", "lora", "lora-pro")
+
+
 def planned_runs(cfg: FidelityConfig) -> list[tuple[str, str, float, int]]:
+    """Every (method, optimizer, lr, seed), seed-major and full FT first, so a grid stopped early still
+    compares every method it reached with full fine-tuning on whole seeds."""
+    methods = sorted(cfg.methods, key=lambda m: _FIRST.index(m) if m in _FIRST else len(_FIRST))
     runs = []
-    for optimizer in cfg.optimizers:
-        lrs = cfg.sgd_lrs if optimizer == "sgd" else cfg.adamw_lrs
-        for method in cfg.methods:
-            if method == "lora-pro-full" and optimizer == "sgd":
-                continue  # the full mode is an Adam-on-g̃ optimizer; under SGD it equals lora-pro
-            for lr in lrs:
-                for seed in range(cfg.seeds):
+    for seed in range(cfg.seeds):
+        for optimizer in cfg.optimizers:
+            lrs = cfg.sgd_lrs if optimizer == "sgd" else cfg.adamw_lrs
+            for method in methods:
+                if optimizer == "sgd" and method not in SGD_METHODS:
+                    continue  # LoRA-Pro full/LoRA+/LoRA-FA are AdamW optimizers; the others are compared under AdamW
+                for lr in lrs:
                     runs.append((method, optimizer, lr, seed))
     return runs
+
+
+@torch.no_grad()
+def reinitialise(model: nn.Module, std: float, seed: int) -> None:
+    """Draw every linear and embedding weight from N(0, std²) (biases 0, norms untouched), deterministically."""
+    gen = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * std)
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
 
 
 def run_experiment(cfg: FidelityConfig, out: str | os.PathLike, *, progress: bool = True) -> Path:
@@ -306,7 +372,9 @@ def run_experiment(cfg: FidelityConfig, out: str | os.PathLike, *, progress: boo
     base, tok = load_model(cfg.model, dtype=cfg.dtype, trainable=True)
     for p in base.parameters():
         p.requires_grad_(False)
-    train, evald = make_task(cfg, tok)
+    if cfg.init_std is not None:
+        reinitialise(base, cfg.init_std, cfg.data_seed)
+    train, dev, test = make_task(cfg, tok)
     store = JsonlAppender(out / "runs.jsonl", key="run_id")
     todo = [r for r in planned_runs(cfg) if f"{r[0]}|{r[1]}|{r[2]:g}|{r[3]}" not in store]
     if todo:
@@ -317,7 +385,7 @@ def run_experiment(cfg: FidelityConfig, out: str | os.PathLike, *, progress: boo
             task = bar.add_task("fidelity runs", total=len(todo))
             for method, optimizer, lr, seed in todo:
                 bar.update(task, description=f"{method} {optimizer} lr={lr:g} seed={seed}")
-                store.write(run_one(method, optimizer, lr, seed, base, train, evald, cfg))
+                store.write(run_one(method, optimizer, lr, seed, base, train, dev, test, cfg))
                 bar.advance(task)
     return write_report(load_records(cfg, out), cfg, out)
 
@@ -345,6 +413,8 @@ def summarise(records: list[dict]) -> list[dict]:
     for (method, optimizer, lr), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
         finals = [_final(r["losses"]) for r in rs]
         evals = [r["eval_loss"] for r in rs]
+        tests = [r.get("test_loss", float("nan")) for r in rs]
+        accs = [r.get("test_acc", float("nan")) for r in rs]
         fid = [f for r in rs for f in r["fidelity"] if f]
         own_cos = None
         if fid:
@@ -353,6 +423,7 @@ def summarise(records: list[dict]) -> list[dict]:
         rows.append({
             "method": method, "optimizer": optimizer, "lr": lr, "seeds": len(rs),
             "final_loss": _nanmean(finals), "final_loss_sd": _nansd(finals), "eval_loss": _nanmean(evals),
+            "test_loss": _nanmean(tests), "test_acc": _nanmean(accs),
             "cos_to_full": own_cos,
             "opt_step_ms": statistics.median(r["opt_step_ms"] for r in rs),
             "state_bytes": rs[0]["state_bytes"], "trainable": rs[0]["trainable"],
@@ -371,12 +442,97 @@ def _nansd(xs):
 
 
 def best_lr_rows(summary: list[dict]) -> list[dict]:
+    """Per (method, optimizer) the lr with the lowest dev loss: chosen on dev, never on the test split."""
     best: dict[tuple, dict] = {}
     for row in summary:
         key = (row["method"], row["optimizer"])
         if math.isfinite(row["eval_loss"]) and (key not in best or row["eval_loss"] < best[key]["eval_loss"]):
             best[key] = row
     return [best[k] for k in sorted(best, key=lambda k: (k[1], k[0]))]
+
+
+def _runs_at(records: list[dict], method: str, optimizer: str, lr: float) -> dict[int, dict]:
+    return {r["seed"]: r for r in records if (r["method"], r["optimizer"], r["lr"]) == (method, optimizer, lr)}
+
+
+def closeness_rows(records: list[dict], best: list[dict]) -> list[dict]:
+    """Each method at its best (dev-loss) lr against full fine-tuning at *its* best lr, paired by seed.
+
+    A seed fixes the batch order, so the curves of two methods with one seed saw the same batches: the
+    per-seed curve distance (mean |loss_method(t) − loss_full(t)| over steps), final-loss gap and
+    test-accuracy gap are paired differences, and their 95 % bootstrap intervals resample seeds.
+    """
+    from carelab.stats import bootstrap_ci, paired_difference_ci
+
+    rows = []
+    for full_row in (b for b in best if b["method"] == "full"):
+        optimizer = full_row["optimizer"]
+        full_runs = _runs_at(records, "full", optimizer, full_row["lr"])
+        for row in (b for b in best if b["optimizer"] == optimizer):
+            runs = _runs_at(records, row["method"], optimizer, row["lr"])
+            seeds = sorted(s for s in runs if s in full_runs and math.isfinite(_final(runs[s]["losses"]))
+                           and len(runs[s]["losses"]) == len(full_runs[s]["losses"]))
+            if not seeds:
+                continue
+            dist = [statistics.fmean(abs(a - b) for a, b in zip(runs[s]["losses"], full_runs[s]["losses"],
+                                                                    strict=True)) for s in seeds]
+            d = bootstrap_ci(dist)
+            gap = paired_difference_ci([_final(runs[s]["losses"]) for s in seeds],
+                                       [_final(full_runs[s]["losses"]) for s in seeds])
+            acc = [runs[s].get("test_acc", float("nan")) for s in seeds]
+            acc_full = [full_runs[s].get("test_acc", float("nan")) for s in seeds]
+            acc_ci = bootstrap_ci(acc) if all(map(math.isfinite, acc)) else None
+            acc_gap = paired_difference_ci(acc, acc_full) if acc_ci is not None else None
+            rows.append({
+                "method": row["method"], "optimizer": optimizer, "lr": row["lr"], "seeds": len(seeds),
+                "curve_dist": d.mean, "curve_dist_lo": d.lo, "curve_dist_hi": d.hi,
+                "final_gap": gap.mean, "final_gap_lo": gap.lo, "final_gap_hi": gap.hi,
+                "test_loss": row["test_loss"],
+                "test_acc": acc_ci.mean if acc_ci else None, "test_acc_lo": acc_ci.lo if acc_ci else None,
+                "test_acc_hi": acc_ci.hi if acc_ci else None,
+                "acc_gap": acc_gap.mean if acc_gap else None, "acc_gap_lo": acc_gap.lo if acc_gap else None,
+                "acc_gap_hi": acc_gap.hi if acc_gap else None,
+                "cos_to_full": row["cos_to_full"], "opt_step_ms": row["opt_step_ms"],
+                "state_bytes": row["state_bytes"], "trainable": row["trainable"],
+            })
+    return sorted(rows, key=lambda r: (r["optimizer"], r["method"] != "full", r["curve_dist"]))
+
+
+def _closeness_markdown(rows: list[dict]) -> str:
+    """The "which variant comes closest to full fine-tuning, at what cost" table, intervals inline."""
+    from carelab.stats import format_ci
+
+    lines = ["| method | optimizer | best lr (dev loss) | seeds | curve distance to full | final-loss gap | "
+             "test loss | test next-token acc | acc − full | cos to G | opt step ms | optimizer state bytes | "
+             "trained params |", "|" + "---|" * 13]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['optimizer']} | {r['lr']:g} | {r['seeds']} | "
+            f"{format_ci(r['curve_dist'], r['curve_dist_lo'], r['curve_dist_hi'], 3)} | "
+            f"{format_ci(r['final_gap'], r['final_gap_lo'], r['final_gap_hi'], 3, signed=True)} | "
+            f"{r['test_loss']:.3f} | {format_ci(r['test_acc'], r['test_acc_lo'], r['test_acc_hi'], 3)} | "
+            f"{format_ci(r['acc_gap'], r['acc_gap_lo'], r['acc_gap_hi'], 3, signed=True)} | "
+            f"{'–' if r['cos_to_full'] is None else format(r['cos_to_full'], '.3f')} | {r['opt_step_ms']:.2f} | "
+            f"{r['state_bytes']:,} | {r['trainable']:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def closeness_verdict(rows: list[dict]) -> list[str]:
+    """One sentence per optimizer: the closest variant and where LoRA-Pro ranks (by curve distance)."""
+    out = []
+    for optimizer in sorted({r["optimizer"] for r in rows}):
+        ranked = [r for r in rows if r["optimizer"] == optimizer and r["method"] != "full"]
+        if not ranked:
+            continue
+        names = [r["method"] for r in ranked]
+        text = (f"{optimizer}: closest to full fine-tuning by curve distance is **{names[0]}** "
+                f"({ranked[0]['curve_dist']:.3f}); order: {', '.join(names)}.")
+        if "lora-pro" in names:
+            pro = ranked[names.index("lora-pro")]
+            text += (f" LoRA-Pro ranks {names.index('lora-pro') + 1} of {len(names)} "
+                     f"(distance {pro['curve_dist']:.3f} [{pro['curve_dist_lo']:.3f}, {pro['curve_dist_hi']:.3f}]).")
+        out.append(text)
+    return out
 
 
 def fidelity_rows(records: list[dict]) -> list[dict]:
@@ -432,6 +588,43 @@ def _plot_losses(records: list[dict], best: list[dict], cfg: FidelityConfig, pat
     save_figure(fig, path)
 
 
+def _plot_gap(records: list[dict], close: list[dict], path: Path) -> None:
+    """Per-step train-loss difference to full fine-tuning (paired by seed), mean ± sd over seeds, per optimizer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from carelab.report import save_figure
+
+    opts = sorted({r["optimizer"] for r in close})
+    fig, axes = plt.subplots(1, max(1, len(opts)), figsize=(5.6 * max(1, len(opts)), 3.8), squeeze=False)
+    for ax, optimizer in zip(axes[0], opts, strict=False):
+        full_lr = next(r["lr"] for r in close if r["optimizer"] == optimizer and r["method"] == "full")
+        full_runs = _runs_at(records, "full", optimizer, full_lr)
+        for row in close:
+            if row["optimizer"] != optimizer or row["method"] == "full":
+                continue
+            runs = _runs_at(records, row["method"], optimizer, row["lr"])
+            seeds = [s for s in runs if s in full_runs and len(runs[s]["losses"]) == len(full_runs[s]["losses"])]
+            if not seeds:
+                continue
+            diffs = [[a - b for a, b in zip(runs[s]["losses"], full_runs[s]["losses"], strict=True)] for s in seeds]
+            n = len(diffs[0])
+            mean = [statistics.fmean(d[i] for d in diffs) for i in range(n)]
+            sd = [statistics.stdev([d[i] for d in diffs]) if len(diffs) > 1 else 0.0 for i in range(n)]
+            xs = list(range(1, n + 1))
+            line = ax.plot(xs, mean, label=f"{row['method']} (lr {row['lr']:g})", lw=1.2)[0]
+            ax.fill_between(xs, [m - v for m, v in zip(mean, sd, strict=True)],
+                            [m + v for m, v in zip(mean, sd, strict=True)], color=line.get_color(), alpha=0.12)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title(f"{optimizer.upper()}: train loss − full FT's (same seed), mean ± sd", fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss difference")
+        ax.legend(fontsize=7, ncol=2)
+    save_figure(fig, path)
+
+
 def _plot_fidelity(records: list[dict], path: Path) -> None:
     from carelab.report import new_figure, save_figure
 
@@ -459,6 +652,8 @@ def write_report(records: list[dict], cfg: FidelityConfig, out: Path, command: s
     summary = summarise(records)
     best = best_lr_rows(summary)
     fid = fidelity_rows(records)
+    close = closeness_rows(records, best)
+    write_csv(out / "closeness.csv", close)
     write_csv(out / "summary.csv", summary)
     write_csv(out / "best_lr.csv", best)
     write_csv(out / "fidelity.csv", fid)
@@ -473,7 +668,9 @@ def write_report(records: list[dict], cfg: FidelityConfig, out: Path, command: s
     write_csv(out / "steps.csv", step_rows)
     _plot_losses(records, best, cfg, out / "loss_curves.png")
     _plot_fidelity(records, out / "fidelity.png")
-    cols = ["method", "optimizer", "lr", "seeds", "final_loss", "final_loss_sd", "eval_loss", "cos_to_full",
+    _plot_gap(records, close, out / "gap_to_full.png")
+    cols = ["method", "optimizer", "lr", "seeds", "final_loss", "final_loss_sd", "eval_loss", "test_loss", "test_acc",
+            "cos_to_full",
             "opt_step_ms", "state_bytes", "trainable"]
     fcols = ["trajectory", "probes", "cos_lora", "cos_pro", "best_scaled_err_lora", "unscaled_err_lora", "err_pro",
              "pro_le_lora_best"]
@@ -485,13 +682,22 @@ def write_report(records: list[dict], cfg: FidelityConfig, out: Path, command: s
     if command:
         md.append(f"Command: `{command}`\n")
     md += [
+        "## Which variant comes closest to full fine-tuning, at what cost\n",
+        "Each method at its best learning rate by **dev** loss (mean of seeds), against full fine-tuning at its "
+        "own best lr. A seed fixes the batch order, so differences are paired by seed; intervals are 95 % "
+        "bootstrap over seeds (with few seeds they are rough). `curve distance`: mean over steps of "
+        "|train loss − full's train loss|; `final-loss gap`: mean of the last 5 steps minus full's; test loss and "
+        "top-1 next-token accuracy on the held-out **test** split (never used for choosing lr).\n",
+        _closeness_markdown(close),
+        *[f"- {line}" for line in closeness_verdict(close)],
+        "\n![gap to full](gap_to_full.png)\n",
         "## Equivalent gradient vs the exact full-weight gradient (per adapted layer and step)\n",
         "`cos_*`: cosine to G; `best_scaled_err_lora` = min_c ‖c·g̃_LoRA − G‖/‖G‖; `err_pro` = ‖g̃_Pro − G‖/‖G‖ "
         "(no rescaling); `pro_le_lora_best`: share of probes where LoRA-Pro's error ≤ LoRA's best-scaled "
         "error. Both g̃ are evaluated at the same points (the named method's trajectory).\n",
         markdown_table(fid, fcols, digits=3),
         "\n![fidelity](fidelity.png)\n",
-        "## Best learning rate per method and optimizer (by held-out loss)\n",
+        "## Best learning rate per method and optimizer (by dev loss; `eval_loss` is the dev split)\n",
         markdown_table(best, cols, digits=3),
         "\n![loss curves](loss_curves.png)\n",
         "## All runs (means over seeds)\n",
@@ -509,4 +715,5 @@ def config_from_dict(d: dict) -> FidelityConfig:
 
 
 __all__ = ["FidelityConfig", "run_experiment", "write_report", "make_task", "layer_fidelity", "planned_runs",
-           "summarise", "fidelity_rows", "config_from_dict", "load_records"]
+           "summarise", "fidelity_rows", "closeness_rows", "closeness_verdict", "evaluate", "config_from_dict",
+           "load_records"]
