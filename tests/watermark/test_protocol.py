@@ -170,3 +170,18 @@ def test_dev_and_test_splits_partition_humaneval():
     test = [t for t in ids if in_split(t, "test")]
     assert sorted(dev + test) == sorted(ids) and not set(dev) & set(test)
     assert 25 <= len(dev) <= 60
+
+
+def test_per_scheme_deltas_reach_the_schemes():
+    from carelab.watermark.cli import parse_scheme_values
+    from carelab.watermark.robustness import build_schemes
+
+    assert parse_scheme_values("kgw=8, unigram=4", "--scheme-deltas") == {"kgw": 8.0, "unigram": 4.0}
+    with pytest.raises(ValueError, match="name=number"):
+        parse_scheme_values("kgw", "--scheme-deltas")
+    cfg = RobustnessConfig(schemes=["kgw", "unigram", "sweet"], scheme_deltas={"kgw": 8.0}, delta=3.0)
+    schemes = build_schemes(cfg, 100)
+    assert (schemes["kgw"].delta, schemes["unigram"].delta, schemes["sweet"].delta) == (8.0, 3.0, 3.0)
+    assert cfg.detectors == ["kgw", "unigram", "sweet", "kgw-win", "unigram-win"]
+    with pytest.raises(ValueError, match="scheme_deltas"):
+        RobustnessConfig(schemes=["kgw"], scheme_deltas={"sweet": 2.0}).validate()

@@ -75,6 +75,18 @@ def parse_schemes(text: str) -> list[str]:
     return names
 
 
+def parse_scheme_values(text: str, option: str) -> dict[str, float]:
+    """``kgw=8,unigram=4`` -> {"kgw": 8.0, "unigram": 4.0}."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"{option} {text!r}: use name=number pairs, e.g. kgw=8,unigram=4") from None
+    return out
+
+
 def parse_floats(text: str, option: str) -> list[float]:
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
@@ -106,6 +118,8 @@ def robustness_command(
     z_threshold: float = typer.Option(3.0, "--z-threshold"),
     gamma: float = typer.Option(0.25, "--gamma"),
     delta: float = typer.Option(2.0, "--delta"),
+    scheme_deltas: str = typer.Option("", "--scheme-deltas",
+                                      help="Per-scheme delta, e.g. kgw=8,unigram=4 (overrides --delta)."),
     keep: str = typer.Option("executes", "--keep", help="Programs scored: executes | passes | all"),
     workers: int = typer.Option(2, "--workers", help="Parallel sandbox processes."),
     threads: int | None = typer.Option(None, "--threads", help="torch threads for generation."),
@@ -123,6 +137,7 @@ def robustness_command(
         cfg = RobustnessConfig(out=str(out), model=model, schemes=parse_schemes(scheme),
                                transforms=parse_transforms(transforms), depths=parse_depths(depth), limit=limit,
                                split=split, sweet_entropy=sweet_entropy, windowed=windowed, min_window=min_window,
+                               scheme_deltas=parse_scheme_values(scheme_deltas, "--scheme-deltas"),
                                max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                                batch_size=batch_size, prompt_style=prompt_style, z_threshold=z_threshold,
                                gamma=gamma, delta=delta, keep=keep, workers=workers, threads=threads,

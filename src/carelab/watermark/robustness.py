@@ -84,6 +84,7 @@ class RobustnessConfig:
     seed: int = 0
     gamma: float = 0.25
     delta: float = 2.0
+    scheme_deltas: dict[str, float] = field(default_factory=dict)  # per-scheme delta (e.g. chosen on dev)
     hash_key: int = 15485863
     unigram_key: int = 0
     z_threshold: float = 3.0
@@ -104,6 +105,9 @@ class RobustnessConfig:
             raise ValueError(f"unknown scheme(s) {bad}; use {', '.join(SCHEMES)}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        bad = [s for s in self.scheme_deltas if s not in self.schemes]
+        if bad:
+            raise ValueError(f"scheme_deltas names schemes not in this run: {bad}")
         bad = [t for t in self.transforms if t not in TRANSFORMS]
         if bad:
             raise ValueError(f"unknown transform(s) {bad}; choose from {', '.join(TRANSFORMS)} or 'all'")
@@ -154,16 +158,22 @@ def build_schemes(cfg: RobustnessConfig, vocab_size: int) -> dict:
     from carelab.watermark.schemes import KGW, SWEET, Unigram
 
     out: dict = {}
+    delta = build_deltas(cfg)
     if "kgw" in cfg.schemes:
-        out["kgw"] = KGW(vocab_size, gamma=cfg.gamma, delta=cfg.delta, hash_key=cfg.hash_key,
+        out["kgw"] = KGW(vocab_size, gamma=cfg.gamma, delta=delta["kgw"], hash_key=cfg.hash_key,
                          z_threshold=cfg.z_threshold, ignore_repeated_ngrams=cfg.ignore_repeated_ngrams)
     if "unigram" in cfg.schemes:
-        out["unigram"] = Unigram(vocab_size, gamma=cfg.gamma, delta=cfg.delta, key=cfg.unigram_key,
+        out["unigram"] = Unigram(vocab_size, gamma=cfg.gamma, delta=delta["unigram"], key=cfg.unigram_key,
                                  z_threshold=cfg.z_threshold, ignore_repeated_ngrams=cfg.ignore_repeated_ngrams)
     if "sweet" in cfg.schemes:
-        out["sweet"] = SWEET(vocab_size, gamma=cfg.gamma, delta=cfg.delta, hash_key=cfg.hash_key,
+        out["sweet"] = SWEET(vocab_size, gamma=cfg.gamma, delta=delta["sweet"], hash_key=cfg.hash_key,
                              entropy_threshold=cfg.sweet_entropy, z_threshold=cfg.z_threshold)
     return out
+
+
+def build_deltas(cfg: RobustnessConfig) -> dict[str, float]:
+    """The delta each scheme of the run uses."""
+    return {s: float(cfg.scheme_deltas.get(s, cfg.delta)) for s in cfg.schemes}
 
 
 class _StopAtClosingFence:
@@ -616,7 +626,8 @@ def run(cfg: RobustnessConfig, model=None, tokenizer=None) -> dict:
     report = [
         "# Code-watermark robustness run\n",
         f"Model `{cfg.model}`, {len(problems)} HumanEval problems, prompt style `{cfg.prompt_style}`, "
-        f"temperature {cfg.temperature}, {cfg.max_new_tokens} new tokens, gamma {cfg.gamma}, delta {cfg.delta}, "
+        f"temperature {cfg.temperature}, {cfg.max_new_tokens} new tokens, gamma {cfg.gamma}, delta "
+        + (", ".join(f"{k} {v:g}" for k, v in build_deltas(cfg).items())) + ", "
         f"z threshold {cfg.z_threshold}, kept programs: `{cfg.keep}`.\n",
         "Generated / kept per variant: "
         + ", ".join(f"{v} {n_gen[v]}/{n_kept[v]}" for v in n_gen) + "\n",
