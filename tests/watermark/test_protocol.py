@@ -185,3 +185,15 @@ def test_per_scheme_deltas_reach_the_schemes():
     assert cfg.detectors == ["kgw", "unigram", "sweet", "kgw-win", "unigram-win"]
     with pytest.raises(ValueError, match="scheme_deltas"):
         RobustnessConfig(schemes=["kgw"], scheme_deltas={"sweet": 2.0}).validate()
+
+
+def test_pass_cost_is_paired_by_problem():
+    from carelab.watermark.robustness import pass_cost
+
+    cfg = RobustnessConfig(schemes=["kgw"])
+    gens = {f"{v}:{t}": {"variant": v, "task_id": t} for v in ("plain", "kgw") for t in "abcd"}
+    execs = {**{f"plain:{t}": {"status": "pass"} for t in "abcd"},
+             **{f"kgw:{t}": {"status": "pass" if t in "ab" else "fail"} for t in "abcd"}}
+    (row,) = pass_cost(cfg, gens, execs)
+    assert (row["n"], row["pass1"], row["pass1_plain"], row["diff"]) == (4, 0.5, 1.0, -0.5)
+    assert row["diff_lo"] <= -0.5 <= row["diff_hi"]

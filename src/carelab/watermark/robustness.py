@@ -623,6 +623,7 @@ def run(cfg: RobustnessConfig, model=None, tokenizer=None) -> dict:
                                  and execs.get(g["id"], {}).get("status") == st)
                          for st in ("pass", "fail", "error", "timeout")} for v in ["plain", *cfg.schemes]}
     depth_rows = [r for r in rows if r["transform"] != "original"]
+    cost = pass_cost(cfg, gens, execs)
     report = [
         "# Code-watermark robustness run\n",
         f"Model `{cfg.model}`, {len(problems)} HumanEval problems, prompt style `{cfg.prompt_style}`, "
@@ -634,6 +635,8 @@ def run(cfg: RobustnessConfig, model=None, tokenizer=None) -> dict:
         "Sandbox outcomes of the original programs: "
         + "; ".join(f"{v}: " + ", ".join(f"{k} {c}" for k, c in sc.items()) for v, sc in status_counts.items())
         + "\n",
+        "## Cost in pass@1 (all generated programs, paired by problem with the plain generation)\n",
+        markdown_table(cost, ["variant", "n", "pass1", "pass1_plain", "diff", "diff_lo", "diff_hi"]),
         f"## Table (d = {cfg.max_depth})\n", table,
         "## Paper (CodeLlama-7B, d = 5)\n", paper_reference_table(),
         "## Every depth\n",
@@ -644,7 +647,29 @@ def run(cfg: RobustnessConfig, model=None, tokenizer=None) -> dict:
     ]
     (out / "report.md").write_text("\n".join(report))
     return {"out": str(out), "rows": rows, "table": table, "kept": n_kept, "generated": n_gen,
-            "status_counts": status_counts}
+            "status_counts": status_counts, "pass_cost": cost}
+
+
+def pass_cost(cfg: RobustnessConfig, gens: dict[str, dict], execs: dict[str, dict]) -> list[dict]:
+    """pass@1 of each watermarked variant vs plain on the same problems: the paired difference and its CI."""
+    from carelab.stats import paired_difference_ci
+
+    def passed(variant: str, task: str) -> float | None:
+        st = execs.get(f"{variant}:{task}", {}).get("status")
+        return None if st is None else float(st == "pass")
+
+    out = []
+    tasks = sorted({g["task_id"] for g in gens.values()})
+    for v in cfg.schemes:
+        pairs = [(passed(v, t), passed("plain", t)) for t in tasks]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        if not pairs:
+            continue
+        est = paired_difference_ci([a for a, _ in pairs], [b for _, b in pairs])
+        out.append({"variant": v, "n": len(pairs), "pass1": float(np.mean([a for a, _ in pairs])),
+                    "pass1_plain": float(np.mean([b for _, b in pairs])), "diff": est.mean, "diff_lo": est.lo,
+                    "diff_hi": est.hi})
+    return out
 
 
 # ----------------------------------------------------------------------------- dev-split selection
