@@ -101,9 +101,13 @@ def test_metrics_on_planted_detections():
             dets[r["id"]] = r
     execs = {f"kgw:{i}": {"status": "pass" if i < 3 else "fail"} for i in range(10)}
     checks = {f"kgw:{i}|rename": {"status": "pass" if i < 3 else "fail"} for i in range(10)}
-    rows = {(r["transform"], r["depth"]): r for r in compute_metrics(cfg, dets, checks, execs)}
+    all_rows = compute_metrics(cfg, dets, checks, execs)
+    assert {r["scheme"] for r in all_rows} == {"kgw", "kgw-win"}
+    assert all(r["n_pos"] == 0 for r in all_rows if r["scheme"] == "kgw-win")  # no windowed z recorded
+    rows = {(r["transform"], r["depth"]): r for r in all_rows if r["scheme"] == "kgw"}
     orig, ren = rows[("original", 0)], rows[("rename", 1)]
     assert (orig["tpr"], orig["fpr"]) == (0.8, 0.1)
+    assert orig["tpr_lo"] < 0.8 < orig["tpr_hi"] and orig["auc_lo"] <= orig["auc"] <= orig["auc_hi"]
     assert (ren["tpr"], ren["fpr"]) == (0.5, 0.0)
     assert ren["pass1_before"] == ren["pass1_after"] == 0.3 and ren["same_outcome"] == 1.0
     assert ren["tokens_changed"] == pytest.approx(0.1)
@@ -119,7 +123,7 @@ def test_parse_depths():
 
 @pytest.mark.parametrize("args,message", [
     (["--depth", "x"], "--depth"),
-    (["--scheme", "sweet"], "--scheme"),
+    (["--scheme", "minhash"], "--scheme"),
     (["--transforms", "paraphrase"], "--transforms"),
 ])
 def test_cli_bad_options_are_one_line_errors(tmp_path, args, message):
@@ -156,3 +160,40 @@ def test_end_to_end_tiny_model_resumes(tmp_path):
     assert second.exit_code == 0
     assert (tmp_path / "generations.jsonl").read_text().splitlines() == lines
     assert "InsertPrint" in (tmp_path / "table.md").read_text()
+
+
+def test_dev_and_test_splits_partition_humaneval():
+    from carelab.watermark.robustness import in_split
+
+    ids = [p.task_id for p in load_problems()]
+    dev = [t for t in ids if in_split(t, "dev")]
+    test = [t for t in ids if in_split(t, "test")]
+    assert sorted(dev + test) == sorted(ids) and not set(dev) & set(test)
+    assert 25 <= len(dev) <= 60
+
+
+def test_per_scheme_deltas_reach_the_schemes():
+    from carelab.watermark.cli import parse_scheme_values
+    from carelab.watermark.robustness import build_schemes
+
+    assert parse_scheme_values("kgw=8, unigram=4", "--scheme-deltas") == {"kgw": 8.0, "unigram": 4.0}
+    with pytest.raises(ValueError, match="name=number"):
+        parse_scheme_values("kgw", "--scheme-deltas")
+    cfg = RobustnessConfig(schemes=["kgw", "unigram", "sweet"], scheme_deltas={"kgw": 8.0}, delta=3.0)
+    schemes = build_schemes(cfg, 100)
+    assert (schemes["kgw"].delta, schemes["unigram"].delta, schemes["sweet"].delta) == (8.0, 3.0, 3.0)
+    assert cfg.detectors == ["kgw", "unigram", "sweet", "kgw-win", "unigram-win"]
+    with pytest.raises(ValueError, match="scheme_deltas"):
+        RobustnessConfig(schemes=["kgw"], scheme_deltas={"sweet": 2.0}).validate()
+
+
+def test_pass_cost_is_paired_by_problem():
+    from carelab.watermark.robustness import pass_cost
+
+    cfg = RobustnessConfig(schemes=["kgw"])
+    gens = {f"{v}:{t}": {"variant": v, "task_id": t} for v in ("plain", "kgw") for t in "abcd"}
+    execs = {**{f"plain:{t}": {"status": "pass"} for t in "abcd"},
+             **{f"kgw:{t}": {"status": "pass" if t in "ab" else "fail"} for t in "abcd"}}
+    (row,) = pass_cost(cfg, gens, execs)
+    assert (row["n"], row["pass1"], row["pass1_plain"], row["diff"]) == (4, 0.5, 1.0, -0.5)
+    assert row["diff_lo"] <= -0.5 <= row["diff_hi"]

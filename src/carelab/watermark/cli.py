@@ -58,21 +58,54 @@ def parse_transforms(text: str) -> list[str]:
 
 
 def parse_schemes(text: str) -> list[str]:
+    """``both`` = kgw,unigram (the paper's pair); ``all`` adds sweet; or a comma list."""
+    from carelab.watermark.robustness import SCHEMES
+
     if text == "both":
         return ["kgw", "unigram"]
-    if text in ("kgw", "unigram"):
-        return [text]
-    raise ValueError(f"--scheme {text!r}: use kgw, unigram or both")
+    if text == "all":
+        return list(SCHEMES)
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names or any(n not in SCHEMES for n in names):
+        raise ValueError(f"--scheme {text!r}: use both, all or a comma list of {', '.join(SCHEMES)}")
+    return names
+
+
+def parse_scheme_values(text: str, option: str) -> dict[str, float]:
+    """``kgw=8,unigram=4`` -> {"kgw": 8.0, "unigram": 4.0}."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"{option} {text!r}: use name=number pairs, e.g. kgw=8,unigram=4") from None
+    return out
+
+
+def parse_floats(text: str, option: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise ValueError(f"{option} {text!r}: use a comma list of numbers")
+    return values
 
 
 @app.command("robustness")
 def robustness_command(
     out: Path = typer.Option(..., "--out", help="Run directory (resumable: rerun to continue)."),
     model: str = typer.Option("smollm2-135m-instruct", "--model", help="Model spec (carelab.models)."),
-    scheme: str = typer.Option("both", "--scheme", help="kgw | unigram | both"),
+    scheme: str = typer.Option("both", "--scheme", help="both (kgw,unigram) | all (+ sweet) | a comma list"),
     transforms: str = typer.Option("all", "--transforms", help="all, or a comma list of transform names"),
     depth: str = typer.Option("1..5", "--depth", help="Edits d: N, A..B or a comma list"),
-    limit: int | None = typer.Option(None, "--limit", help="First N HumanEval problems (default: all 164)."),
+    limit: int | None = typer.Option(None, "--limit", help="First N problems of the split (default: all)."),
+    split: str = typer.Option("all", "--split", help="all | dev | test (dev: a fixed quarter of HumanEval)"),
+    sweet_entropy: float = typer.Option(0.9, "--sweet-entropy", help="SWEET's entropy threshold (nats)."),
+    windowed: bool = typer.Option(True, "--windowed/--no-windowed",
+                                  help="Also score kgw/unigram code with the windowed (WinMax) detector."),
+    min_window: int = typer.Option(8, "--min-window", help="WinMax: smallest window (scored tokens)."),
     max_new_tokens: int = typer.Option(200, "--max-new-tokens"),
     temperature: float = typer.Option(0.7, "--temperature"),
     seed: int = typer.Option(0, "--seed"),
@@ -81,6 +114,8 @@ def robustness_command(
     z_threshold: float = typer.Option(3.0, "--z-threshold"),
     gamma: float = typer.Option(0.25, "--gamma"),
     delta: float = typer.Option(2.0, "--delta"),
+    scheme_deltas: str = typer.Option("", "--scheme-deltas",
+                                      help="Per-scheme delta, e.g. kgw=8,unigram=4 (overrides --delta)."),
     keep: str = typer.Option("executes", "--keep", help="Programs scored: executes | passes | all"),
     workers: int = typer.Option(2, "--workers", help="Parallel sandbox processes."),
     threads: int | None = typer.Option(None, "--threads", help="torch threads for generation."),
@@ -97,6 +132,8 @@ def robustness_command(
     try:
         cfg = RobustnessConfig(out=str(out), model=model, schemes=parse_schemes(scheme),
                                transforms=parse_transforms(transforms), depths=parse_depths(depth), limit=limit,
+                               split=split, sweet_entropy=sweet_entropy, windowed=windowed, min_window=min_window,
+                               scheme_deltas=parse_scheme_values(scheme_deltas, "--scheme-deltas"),
                                max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                                batch_size=batch_size, prompt_style=prompt_style, z_threshold=z_threshold,
                                gamma=gamma, delta=delta, keep=keep, workers=workers, threads=threads,
@@ -110,10 +147,48 @@ def robustness_command(
     typer.echo(f"kept programs: {result['kept']}; report: {Path(result['out']) / 'report.md'}")
 
 
+@app.command("select")
+def select_command(
+    out: Path = typer.Option(..., "--out", help="Directory of the dev runs (resumable)."),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", help="Model spec (carelab.models)."),
+    scheme: str = typer.Option("all", "--scheme", help="both | all | a comma list"),
+    deltas: str = typer.Option("4,8", "--deltas", help="Bias values to try, weakest first."),
+    gammas: str = typer.Option("0.25", "--gammas", help="Green-list fractions to try."),
+    limit: int | None = typer.Option(None, "--limit", help="First N problems of the dev split."),
+    target_tpr: float = typer.Option(0.6, "--target-tpr", help="TPR wanted at z > 2.33 (nominal 1 % FPR)."),
+    temperature: float = typer.Option(0.7, "--temperature"),
+    max_new_tokens: int = typer.Option(200, "--max-new-tokens"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    threads: int | None = typer.Option(None, "--threads", help="torch threads for generation."),
+    workers: int = typer.Option(2, "--workers", help="Parallel sandbox processes."),
+    no_isolation: bool = typer.Option(False, "--no-isolation",
+                                      help="Run generated code even without OS isolation (bubblewrap). Unsafe."),
+) -> None:
+    """Pick delta/gamma on the dev split so unedited watermarked code reaches the target TPR at 1 % FPR."""
+    from carelab.models import ModelSpecError
+    from carelab.runs import InputError
+    from carelab.watermark.robustness import RobustnessConfig, select_settings
+    from carelab.watermark.sandbox import IsolationUnavailable
+
+    try:
+        grid = [{"delta": d, "gamma": g} for g in parse_floats(gammas, "--gammas")
+                for d in parse_floats(deltas, "--deltas")]
+        cfg = RobustnessConfig(out=str(out), model=model, schemes=parse_schemes(scheme), split="dev", limit=limit,
+                               temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               threads=threads, workers=workers, no_isolation=no_isolation)
+        cfg.validate()
+        result = select_settings(cfg, grid, target_tpr=target_tpr)
+    except (ValueError, InputError, ModelSpecError, IsolationUnavailable) as exc:
+        _fail(str(exc))
+        return
+    typer.echo((Path(out) / "dev.md").read_text())
+    typer.echo(json.dumps(result["chosen"]))
+
+
 @app.command("detect")
 def detect_command(
     file: Path = typer.Argument(..., help="Text/code file to test ('-' for stdin)."),
-    scheme: str = typer.Option("kgw", "--scheme", help="kgw | kgw-selfhash | unigram"),
+    scheme: str = typer.Option("kgw", "--scheme", help="kgw | kgw-selfhash | unigram (sweet needs the model)"),
     model: str = typer.Option("smollm2-135m-instruct", "--model", help="Tokenizer/model spec."),
     z_threshold: float = typer.Option(3.0, "--z-threshold"),
     gamma: float = typer.Option(0.25, "--gamma"),
