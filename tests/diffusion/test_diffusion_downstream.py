@@ -48,7 +48,7 @@ def plays(tmp_path):
 
 def test_items_are_true_continuations_of_equal_length(plays):
     text = (plays / "dev-play.md").read_text()
-    for task in ("next-line", "word-cloze"):
+    for task in ("next-line", "word-cloze", "spelling"):
         items = build_items(text, task, "dev", 40, seq_len=48, choices=4, candidate_len=12, seed=1)
         assert len(items) == 40 and items == build_items(text, task, "dev", 40, 48, 4, 12, seed=1)
         for it in items:
@@ -58,6 +58,12 @@ def test_items_are_true_continuations_of_equal_length(plays):
             assert len(set(it.candidates)) == 4
         if task == "next-line":
             assert all(it.context.endswith("  \n") for it in items)
+        elif task == "spelling":  # scrambles of the answer's letters after the first, none a word of the play
+            words = set(text.lower().split())
+            for it in items:
+                ans = it.candidates[it.answer]
+                assert all(c[0] == ans[0] and sorted(c) == sorted(ans) for c in it.candidates)
+                assert not any(c.lower() in words for i, c in enumerate(it.candidates) if i != it.answer)
         else:
             assert all(c[0].isupper() == it.candidates[it.answer][0].isupper() for it in items for c in it.candidates)
     with pytest.raises(ValueError, match="unknown task"):
@@ -129,25 +135,32 @@ def test_downstream_cli_end_to_end_resumes_and_reports(plays, tmp_path):
                             "3000", "--epochs", "1,2", "--model-sizes", "xxs", *common])
     assert r.exit_code == 0, r.output
     args = ["diffusion", "downstream", str(sweep), "--out", str(tmp_path / "ds"), "--dev-doc", "dev-play",
-            "--test-doc", "test-play", "--dev-items", "12", "--test-items", "16", "--candidate-len", "8",
-            "--mc-samples", "4", "--bootstrap", "200", "--threads", "1", "--no-progress"]
+            "--test-doc", "test-play", "--dev-items", "6", "--test-items", "8", "--candidate-len", "8",
+            "--mc-samples", "2", "--bootstrap", "100", "--threads", "1", "--no-progress"]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "ar: picked" in r.output and "mdm: picked" in r.output
     lines = [json.loads(x) for x in (tmp_path / "ds" / "scores.jsonl").read_text().splitlines()]
-    assert len([x for x in lines if x["split"] == "dev"]) == 2 * 2 * 2  # 2 objectives × 2 epochs × 2 tasks
-    assert len([x for x in lines if x["split"] == "test"]) == 2 * 2  # the picked run of each objective only
+    assert len([x for x in lines if x["split"] == "dev"]) == 2 * 2 * 3  # 2 objectives × 2 epochs × 3 tasks
+    assert len([x for x in lines if x["split"] == "test"]) == 2 * 3  # the picked run of each objective only
     assert all(len(x["correct"]) == x["n"] for x in lines)
     report = (tmp_path / "ds" / "report.md").read_text()
     assert "best MDM − best ar" in report and "95 % percentile bootstrap" in report
     assert (tmp_path / "ds" / "downstream_accuracy.png").stat().st_size > 0
-    assert json.loads((tmp_path / "ds" / "config.json").read_text())["mc_samples"] == 4
+    assert json.loads((tmp_path / "ds" / "config.json").read_text())["mc_samples"] == 2
     before = (tmp_path / "ds" / "scores.jsonl").read_text()
     assert runner.invoke(app, args).exit_code == 0
     assert (tmp_path / "ds" / "scores.jsonl").read_text() == before  # resumed: nothing rescored
     # a trained-on document is refused in one line
     bad = runner.invoke(app, [*args[:6], "alpha", *args[7:]])
     assert bad.exit_code == 2 and "not a held-out document" in bad.output and "Traceback" not in bad.output
+    only = runner.invoke(app, [*args[:4], str(tmp_path / "ds2"), *args[5:], "--epochs", "2", "--tasks", "spelling",
+                               "--report-dir", str(tmp_path / "rep")])
+    assert only.exit_code == 0, only.output
+    assert {p.name for p in (tmp_path / "rep").iterdir()} == {"report.md", "downstream.csv", "downstream_accuracy.png",
+                                                             "config.json"}
+    scored = [json.loads(x) for x in (tmp_path / "ds2" / "scores.jsonl").read_text().splitlines()]
+    assert {x["epochs"] for x in scored} == {2} and {x["task"] for x in scored} == {"spelling"}
 
 
 def test_encode_items_refuses_mixed_lengths():

@@ -111,12 +111,22 @@ def test_orders_cli_trains_the_grid_and_reports_paired_intervals(tmp_path):
     assert {x["objective"] for x in results} == {"ar-k1", "ar-k2", "ar", "mdm"} and len(results) == 8
     assert json.loads((out / "config.json").read_text())["objectives"] == ["ar-k1", "ar-k2", "ar", "mdm"]
     per_seq = {x["id"]: x["losses"] for x in map(json.loads, (out / "val_per_sequence.jsonl").read_text().splitlines())}
-    for rec in results:  # the cached per-sequence losses average to the sweep's own validation loss
+    for rec in results:  # the per-sequence losses the sweep saved average to its own validation loss
         assert sum(per_seq[rec["id"]]) / 6 == pytest.approx(rec["val_loss"], rel=1e-5)
+        assert json.loads((out / "runs" / rec["id"] / "val_per_sequence.json").read_text()) == per_seq[rec["id"]]
     report = (out / "orders-report" / "report.md").read_text()
     assert "AR, 2 orders − AR, 1 order" in report and "turn-up" in report
     assert (out / "orders-report" / "orders_val_loss.png").stat().st_size > 0
     r2 = CliRunner().invoke(app, args)  # resumes: nothing retrained
     assert r2.exit_code == 0 and len((out / "results.jsonl").read_text().splitlines()) == 8
+    (out / "val_per_sequence.jsonl").unlink()  # runs of older sweeps have no saved losses: they are recomputed
+    (out / "runs" / "mdm-xxs-U2000-E2" / "val_per_sequence.json").unlink()
+    quick = CliRunner().invoke(app, [*args, "--no-train", "--no-mdm-intervals"])  # MDM means only, no re-evaluation
+    assert quick.exit_code == 0 and "(no CI)" in (out / "orders-report" / "report.md").read_text()
+    assert "mdm-xxs-U2000-E2" not in (out / "val_per_sequence.jsonl").read_text()
+    r3 = CliRunner().invoke(app, [*args, "--orders", "1,2,3", "--no-train"])  # reports what finished, trains nothing
+    assert r3.exit_code == 0 and len((out / "results.jsonl").read_text().splitlines()) == 8
+    again = {x["id"]: x["losses"] for x in map(json.loads, (out / "val_per_sequence.jsonl").read_text().splitlines())}
+    assert again["mdm-xxs-U2000-E2"] == pytest.approx(per_seq["mdm-xxs-U2000-E2"], rel=1e-6)
     bad = CliRunner().invoke(app, [*args[:4], "0", *args[5:]])
     assert bad.exit_code == 2 and "Traceback" not in bad.output

@@ -93,17 +93,25 @@ def orders(
     seed: int = typer.Option(0), threads: int = typer.Option(0, help="torch CPU threads (0 = torch default)."),
     bootstrap: int = typer.Option(2000, min=1, help="Bootstrap resamples for the intervals."),
     report_dir: Path = typer.Option(None, "--report-dir", help="Report folder (default: OUT/orders-report)."),
+    train: bool = typer.Option(True, help="Train the missing runs first (--no-train: report what has finished)."),
+    mdm_intervals: bool = typer.Option(True, help="Re-evaluate older MDM runs per sequence for intervals "
+                                       "(costly; --no-mdm-intervals reports their means only)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """AR trained on k random token orders vs plain AR and MDM on the repetition grid; trains (resumable), reports."""
     from carelab.diffusion.orders import objectives_for, write_orders_report
     from carelab.diffusion.sweep import run_sweep
+    from carelab.runs import save_config
 
     cfg = _sweep_config(out, objectives_for(_ints(orders_, "--orders"), _names(references)), unique_tokens, epochs,
                         model_sizes, corpus, val_docs, seq_len, batch_size, lr, val_sequences, seed, threads)
     try:
-        run_sweep(cfg, show_progress=progress)
-        res = write_orders_report(out, report_dir, bootstrap=bootstrap, show_progress=progress)
+        if train:
+            run_sweep(cfg, show_progress=progress)
+        else:
+            save_config(cfg, out)
+        res = write_orders_report(out, report_dir, bootstrap=bootstrap, show_progress=progress,
+                                  skip=frozenset() if mdm_intervals else frozenset({"mdm"}))
     except (InputError, ValueError) as exc:
         _fail(exc)
     for row in res["curves"]:
@@ -115,7 +123,7 @@ def orders(
 def downstream(
     sweep_dir: Path = typer.Argument(..., help="A sweep folder (byte tokenizer) with finished AR and MDM runs."),
     out: Path = typer.Option(None, "--out", help="Output folder (default: SWEEP_DIR/downstream); resumes."),
-    tasks: str = typer.Option("next-line,word-cloze", help="Tasks: next-line, word-cloze (comma-separated)."),
+    tasks: str = typer.Option("spelling,word-cloze,next-line", help="Tasks: spelling, word-cloze, next-line."),
     dev_doc: str = typer.Option("twelfth-night", help="Held-out play for the dev split (picks each objective's run)."),
     test_doc: str = typer.Option("macbeth", help="Held-out play for the test split."),
     dev_items: int = typer.Option(300, min=1), test_items: int = typer.Option(500, min=1),
@@ -123,9 +131,11 @@ def downstream(
     mc_samples: int = typer.Option(16, min=1, help="MDM: stratified mask draws per item (conditional ELBO)."),
     unique_tokens: int = typer.Option(None, help="U to compare at (default: the largest U with runs of every --compare)."),
     objectives: str = typer.Option("", help="Objectives to evaluate (default: all in the sweep)."),
+    epochs: str = typer.Option("", help="Only runs with these epoch counts (default: all within the budget)."),
     compare: str = typer.Option("ar,mdm", help="Objectives whose budgets must match (same U, C ≤ the smaller maximum)."),
     seed: int = typer.Option(0), bootstrap: int = typer.Option(2000, min=1),
     threads: int = typer.Option(0, help="torch CPU threads (0 = torch default)."),
+    report_dir: Path = typer.Option(None, "--report-dir", help="Report folder (default: OUT)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Multiple-choice tasks on the held-out plays scored by likelihood: best AR vs best MDM, picked on dev."""
@@ -135,11 +145,12 @@ def downstream(
         sweep_dir=str(sweep_dir), out=str(out or sweep_dir / "downstream"), tasks=_names(tasks), dev_doc=dev_doc,
         test_doc=test_doc, dev_items=dev_items, test_items=test_items, choices=choices, candidate_len=candidate_len,
         mc_samples=mc_samples, unique_tokens=unique_tokens, objectives=_names(objectives) or None,
+        epochs=_ints(epochs, "--epochs") if epochs else None,
         compare=_names(compare), seed=seed, bootstrap=bootstrap, threads=threads or None,
     )
     try:
         res = run_downstream(cfg, show_progress=progress)
-        path = write_downstream_report(res, cfg)
+        path = write_downstream_report(res, cfg, report_dir)
     except (InputError, ValueError) as exc:
         _fail(exc)
     for o, r in res["best"].items():

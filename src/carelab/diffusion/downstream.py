@@ -8,6 +8,8 @@ kind of task from plays no model was trained on, with a dev play (checkpoint cho
   (``candidate_len`` bytes each, openings of other lines of the same play) comes next?
 * ``word-cloze``: which word ends this line? Distractors are other line-final words of the same play with the
   same length, written in the answer's case pattern.
+* ``spelling``: the same line-final words (≥ 5 letters) against scrambles of their letters after the first that are
+  not words of the play — the orthographic knowledge a byte-level model acquires first.
 
 Every candidate of an item has the same byte length and every scored sequence is exactly ``seq_len`` bytes
 (context cut to fit), so summed log-likelihoods compare fairly and both objectives see in-distribution lengths.
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from carelab.diffusion.model import GPT
 from carelab.diffusion.objectives import parse_objective
 
-TASKS = ("next-line", "word-cloze")
+TASKS = ("next-line", "word-cloze", "spelling")
 _WORD_AT_END = re.compile(rb"([A-Za-z]+)[^A-Za-z]*$")
 
 
@@ -40,7 +42,7 @@ class DownstreamConfig:
 
     sweep_dir: str
     out: str
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    tasks: list[str] = field(default_factory=lambda: ["spelling", "word-cloze", "next-line"])
     dev_doc: str = "twelfth-night"
     test_doc: str = "macbeth"
     dev_items: int = 300
@@ -51,6 +53,7 @@ class DownstreamConfig:
     mc_samples: int = 16
     unique_tokens: int | None = None  # None: the largest U that every compared objective has runs for
     objectives: list[str] | None = None  # None: every objective of the sweep
+    epochs: list[int] | None = None  # None: every epoch count within the budget (MDM scoring is the costly part)
     compare: list[str] = field(default_factory=lambda: ["ar", "mdm"])
     seed: int = 0
     bootstrap: int = 2000
@@ -102,6 +105,20 @@ def _match_case(word: str, like: str) -> str:
     return word.capitalize() if like[0].isupper() else word.lower()
 
 
+def _scrambles(word: bytes, k: int, rng: random.Random, vocab: set[bytes], tries: int = 200) -> list[bytes]:
+    """Up to ``k`` distinct reorderings of ``word``'s letters after the first, none of them a word in ``vocab``."""
+    out: list[bytes] = []
+    rest = list(word[1:])
+    for _ in range(tries):
+        if len(out) >= k:
+            break
+        rng.shuffle(rest)
+        cand = word[:1] + bytes(rest)
+        if cand != word and cand not in out and cand.lower() not in vocab:
+            out.append(cand)
+    return out
+
+
 def build_items(text: str, task: str, split: str, n: int, seq_len: int, choices: int = 4, candidate_len: int = 16,
                 min_word_len: int = 4, seed: int = 0) -> list[Item]:
     """Up to ``n`` items of ``task`` from one document, deterministic in ``seed``; contexts fill ``seq_len`` bytes."""
@@ -118,13 +135,15 @@ def build_items(text: str, task: str, split: str, n: int, seq_len: int, choices:
         spots = [(s, data[s:s + candidate_len]) for s, e, cont in lines if cont and e - s >= candidate_len]
     else:
         max_len = seq_len // 2
+        min_len = max(min_word_len, 5) if task == "spelling" else min_word_len
         for s, e, _ in lines:
             m = _WORD_AT_END.search(data[s:e])
-            if m and min_word_len <= len(m.group(1)) <= max_len:
+            if m and min_len <= len(m.group(1)) <= max_len:
                 pool.setdefault(len(m.group(1)), []).append(m.group(1).lower())
                 spots.append((s + m.start(1), m.group(1)))
         pool = {k: sorted(set(v)) for k, v in pool.items()}
     rng.shuffle(spots)
+    vocab = {w.lower() for w in re.findall(rb"[A-Za-z]+", data)}
     items: list[Item] = []
     for start, answer in spots:
         if len(items) >= n:
@@ -133,10 +152,13 @@ def build_items(text: str, task: str, split: str, n: int, seq_len: int, choices:
         ctx_start = start - (seq_len - L)
         if ctx_start < 0:
             continue
-        others = [w for w in pool.get(L, []) if w.lower() != answer.lower()]
-        if len(others) < choices - 1:
+        if task == "spelling":
+            picked = _scrambles(answer, choices - 1, rng, vocab)
+        else:
+            others = [w for w in pool.get(L, []) if w.lower() != answer.lower()]
+            picked = rng.sample(others, choices - 1) if len(others) >= choices - 1 else []
+        if len(picked) < choices - 1:
             continue
-        picked = rng.sample(others, choices - 1)
         if task == "word-cloze":
             like = answer.decode("ascii")
             picked = [_match_case(w.decode("ascii"), like).encode("ascii") for w in picked]
@@ -305,6 +327,8 @@ def run_downstream(cfg: DownstreamConfig, show_progress: bool = True) -> dict:
     rows = load_results(sweep)
     objectives = cfg.objectives or sorted({r["objective"] for r in rows})
     U, budget, cands = select_runs(rows, objectives, cfg.compare, cfg.unique_tokens)
+    if cfg.epochs:
+        cands = [r for r in cands if r["epochs"] in cfg.epochs]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
@@ -365,13 +389,17 @@ def pick_best(objective: str, cands: list[dict], scores: dict, tasks: list[str])
     return max(runs, key=lambda r: (sum(scores[f"{r['id']}|dev|{t}"]["accuracy"] for t in tasks) / len(tasks), -r["C"]))
 
 
-def write_downstream_report(res: dict, cfg: DownstreamConfig) -> Path:
-    """Markdown report + CSV + plot: dev curves, each objective's pick, test accuracy with CIs, paired differences."""
+def write_downstream_report(res: dict, cfg: DownstreamConfig, report_dir=None) -> Path:
+    """Markdown report + CSV + plot (+ the config) in ``report_dir`` (default: the output folder)."""
     from carelab.diffusion.scaling import COLORS
     from carelab.report import markdown_table, new_figure, save_figure, write_csv
     from carelab.stats import bootstrap_ci, mean_of_means_ci, paired_difference_ci
 
-    out = Path(cfg.out)
+    out = Path(report_dir or cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_text = (Path(cfg.out) / "config.json").read_text()
+    if out != Path(cfg.out):
+        (out / "config.json").write_text(cfg_text)
     sc, tasks, best = res["scores"], cfg.tasks, res["best"]
     B = cfg.bootstrap
     pct = lambda e: f"{100 * e.mean:.1f} [{100 * e.lo:.1f}, {100 * e.hi:.1f}]"  # noqa: E731
@@ -478,7 +506,7 @@ def write_downstream_report(res: dict, cfg: DownstreamConfig) -> Path:
         markdown_table(diff_rows) if diff_rows else "(no MDM run to compare with)\n",
         "\n## Dev accuracy of every candidate run\n", markdown_table(dev_rows),
         "\n![downstream accuracy](downstream_accuracy.png)\n",
-        "## Config\n", "```json\n" + (out / "config.json").read_text() + "\n```\n",
+        "## Config\n", "```json\n" + cfg_text + "\n```\n",
     ]
     (out / "report.md").write_text("\n".join(md))
     return out / "report.md"

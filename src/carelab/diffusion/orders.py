@@ -12,6 +12,7 @@ its ELBO bound. Per-sequence losses give 95 % bootstrap intervals and paired dif
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from carelab.diffusion.objectives import parse_objective
@@ -22,8 +23,13 @@ def objectives_for(orders: list[int], references: list[str]) -> list[str]:
     return [f"ar-k{k}" for k in orders] + [r for r in references if r not in {f"ar-k{k}" for k in orders}]
 
 
-def per_sequence_losses(sweep_dir: Path, rows: list[dict], show_progress: bool = True) -> dict[str, list[float]]:
-    """Validation loss of every finished run on each validation sequence, cached in ``val_per_sequence.jsonl``."""
+def per_sequence_losses(sweep_dir: Path, rows: list[dict], show_progress: bool = True,
+                        skip: frozenset[str] = frozenset()) -> dict[str, list[float]]:
+    """Validation loss of every finished run on each validation sequence, cached in ``val_per_sequence.jsonl``.
+
+    Runs of the objectives in ``skip`` are not re-evaluated when the sweep did not save their losses (MDM's
+    32-sample ELBO is the costly one); the report then shows their mean without an interval.
+    """
     from rich.progress import Progress
 
     from carelab.diffusion.corpus import CorpusConfig, build_corpus
@@ -34,7 +40,11 @@ def per_sequence_losses(sweep_dir: Path, rows: list[dict], show_progress: bool =
 
     cache_path = sweep_dir / "val_per_sequence.jsonl"
     cache = JsonlAppender(cache_path, key="id")
-    todo = [r for r in rows if r["id"] not in cache]
+    for r in rows:  # written by the sweep itself at the end of each run
+        saved = sweep_dir / "runs" / r["id"] / "val_per_sequence.json"
+        if r["id"] not in cache and saved.exists():
+            cache.write({"id": r["id"], "losses": json.loads(saved.read_text())})
+    todo = [r for r in rows if r["id"] not in cache and r["objective"] not in skip]
     if todo:
         raw = read_json(sweep_dir / "config.json")
         cfg = SweepConfig(**{**raw, "corpus": CorpusConfig(**raw["corpus"])})
@@ -57,20 +67,31 @@ def _sort_key(objective: str) -> tuple[int, int]:
     return ({"ar": 0, "ordered": 1, "mdm": 2}[kind], k)
 
 
-def write_orders_report(sweep_dir, out_dir=None, bootstrap: int = 2000, show_progress: bool = True) -> dict:
+def write_orders_report(sweep_dir, out_dir=None, bootstrap: int = 2000, show_progress: bool = True,
+                        skip: frozenset[str] = frozenset()) -> dict:
     """Tables (loss by epochs with CIs, turn-up after the best epoch, k orders vs one), plot and ``report.md``."""
     from carelab.diffusion.scaling import COLORS, load_results
     from carelab.report import markdown_table, new_figure, save_figure, write_csv
-    from carelab.stats import bootstrap_ci, paired_difference_ci
+    from carelab.stats import Estimate, bootstrap_ci, paired_difference_ci
 
     sweep_dir = Path(sweep_dir)
     out = Path(out_dir) if out_dir else sweep_dir / "orders-report"
     out.mkdir(parents=True, exist_ok=True)
     rows = load_results(sweep_dir)
-    losses = per_sequence_losses(sweep_dir, rows, show_progress)
+    losses = per_sequence_losses(sweep_dir, rows, show_progress, skip)
+    mean_of = {r["id"]: r["val_loss"] for r in rows}
     B = bootstrap
-    ci = lambda e: f"{e.mean:.3f} [{e.lo:.3f}, {e.hi:.3f}]"  # noqa: E731
-    dci = lambda e: f"{e.mean:+.3f} [{e.lo:+.3f}, {e.hi:+.3f}]"  # noqa: E731
+
+    def one(run_id: str) -> Estimate:  # the run's loss with its interval (none without per-sequence losses)
+        return bootstrap_ci(losses[run_id], B) if run_id in losses else Estimate(mean_of[run_id], None, None, 0)
+
+    def paired(a: str, b: str) -> Estimate:
+        if a in losses and b in losses:
+            return paired_difference_ci(losses[a], losses[b], B)
+        return Estimate(mean_of[a] - mean_of[b], None, None, 0)
+
+    ci = lambda e: f"{e.mean:.3f} " + (f"[{e.lo:.3f}, {e.hi:.3f}]" if e.n else "(no CI)")  # noqa: E731
+    dci = lambda e: f"{e.mean:+.3f} " + (f"[{e.lo:+.3f}, {e.hi:+.3f}]" if e.n else "(no CI)")  # noqa: E731
     groups: dict[tuple[str, str, int], dict[int, dict]] = {}
     for r in rows:
         groups.setdefault((r["objective"], r["size"], r["unique_tokens"]), {})[r["epochs"]] = r
@@ -84,7 +105,7 @@ def write_orders_report(sweep_dir, out_dir=None, bootstrap: int = 2000, show_pro
         row = {"objective": _label(obj), "id": obj, "size": size, "U": f"{U:,}"}
         for e in epochs_all:
             if e in by_e:
-                est = bootstrap_ci(losses[by_e[e]["id"]], B)
+                est = one(by_e[e]["id"])
                 row[f"E={e}"] = f"{est.mean:.3f}"
                 csv_rows.append({"objective": obj, "size": size, "unique_tokens": U, "epochs": e, "n": est.n,
                                  "val_loss": est.mean, "ci_lo": est.lo, "ci_hi": est.hi,
@@ -95,11 +116,11 @@ def write_orders_report(sweep_dir, out_dir=None, bootstrap: int = 2000, show_pro
         es = sorted(by_e)
         best_e = min(es, key=lambda e: by_e[e]["val_loss"])
         last = es[-1]
-        up = paired_difference_ci(losses[by_e[last]["id"]], losses[by_e[best_e]["id"]], B)
-        tail = (paired_difference_ci(losses[by_e[last]["id"]], losses[by_e[es[-2]]["id"]], B) if len(es) > 1 else None)
+        up = paired(by_e[last]["id"], by_e[best_e]["id"])
+        tail = paired(by_e[last]["id"], by_e[es[-2]]["id"]) if len(es) > 1 else None
         curve_rows.append({
             "objective": _label(obj), "size": size, "U": f"{U:,}", "best epochs": best_e,
-            "best val [95% CI]": ci(bootstrap_ci(losses[by_e[best_e]["id"]], B)),
+            "best val [95% CI]": ci(one(by_e[best_e]["id"])),
             f"turn-up L(E={last}) − L(best) [95% CI]": dci(up),
             "last step L(E_max) − L(previous E) [95% CI]": dci(tail) if tail else None,
             f"train loss at E={last}": by_e[last].get("train_loss"),
@@ -117,8 +138,7 @@ def write_orders_report(sweep_dir, out_dir=None, bootstrap: int = 2000, show_pro
             row = {"comparison": f"{_label(obj)} − {_label(base)}", "size": size, "U": f"{U:,}"}
             for e in epochs_all:
                 a, b = groups[(obj, size, U)].get(e), groups[(base, size, U)].get(e)
-                row[f"E={e}"] = (dci(paired_difference_ci(losses[a["id"]], losses[b["id"]], B))
-                                 if a is not None and b is not None else None)
+                row[f"E={e}"] = dci(paired(a["id"], b["id"])) if a is not None and b is not None else None
             diff_rows.append(row)
     write_csv(out / "orders.csv", csv_rows,
               ["objective", "size", "unique_tokens", "epochs", "n", "val_loss", "ci_lo", "ci_hi", "train_loss"])
@@ -135,12 +155,13 @@ def write_orders_report(sweep_dir, out_dir=None, bootstrap: int = 2000, show_pro
         color = COLORS.get(kind) or plt.cm.Greens(
             0.45 + 0.5 * ordered.index(key) / max(1, len(ordered) - 1))
         es = sorted(groups[key])
-        ests = [bootstrap_ci(losses[groups[key][e]["id"]], B) for e in es]
+        ests = [one(groups[key][e]["id"]) for e in es]
         means = [x.mean for x in ests]
         label = f"{_label(obj)} ({key[1]}, U={key[2] / 1e3:.0f}K)"
         style = "--" if kind == "ar" else "-"
         axes[0].plot(es, means, style, marker="o", color=color, label=label)
-        axes[0].fill_between(es, [x.lo for x in ests], [x.hi for x in ests], color=color, alpha=0.15)
+        axes[0].fill_between(es, [x.mean if x.lo is None else x.lo for x in ests],
+                             [x.mean if x.hi is None else x.hi for x in ests], color=color, alpha=0.15)
         axes[1].plot(es, [m - min(means) for m in means], style, marker="o", color=color, label=label)
     for ax in axes:
         ax.set_xscale("log", base=2)

@@ -11,6 +11,7 @@ is skipped, so a killed sweep costs at most one checkpoint interval. Training go
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -21,7 +22,7 @@ import torch
 
 from carelab.diffusion.corpus import Corpus, CorpusConfig, build_corpus, chunk
 from carelab.diffusion.model import GPT, size_config
-from carelab.diffusion.objectives import evaluate, parse_objective, training_loss
+from carelab.diffusion.objectives import evaluate, evaluate_per_sequence, parse_objective, training_loss
 from carelab.runs import JsonlAppender, read_jsonl, save_config, write_jsonl
 
 
@@ -206,12 +207,15 @@ def train_run(spec: RunSpec, corpus: Corpus, cfg: SweepConfig, run_dir: Path, ac
         if progress is not None and task is not None:
             progress.update(task, completed=step)
     wall = time.time() - t0
-    val = evaluate(spec.objective, raw, vrows.to(acc.device), n_t=cfg.final_t_samples, seed=cfg.seed)
+    per_seq = evaluate_per_sequence(spec.objective, raw, vrows.to(acc.device), n_t=cfg.final_t_samples, seed=cfg.seed)
+    val = per_seq.mean().item()
     log_all = [r for _, r in read_jsonl(log_path, skip_invalid=True)]
     train_tail = [r["train_loss"] for r in log_all if "train_loss" in r][-max(1, len(log_all) // 20):]
     if acc.is_main_process:
         logger.write({"step": step, "epoch": float(spec.epochs), "val_loss": val, "val_t_samples": cfg.final_t_samples})
         torch.save({"model": raw.state_dict(), "config": asdict(mcfg)}, run_dir / "model.pt")
+        # per-sequence final losses: reports bootstrap over validation sequences without re-evaluating
+        (run_dir / "val_per_sequence.json").write_text(json.dumps(per_seq.tolist()))
         if ckpt.exists():
             ckpt.unlink()
     D = spec.unique_tokens * spec.epochs
