@@ -179,7 +179,7 @@ def select_command(
         cfg.validate()
         result = select_settings(cfg, grid, target_tpr=target_tpr)
     except (ValueError, InputError, ModelSpecError, IsolationUnavailable) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     typer.echo((Path(out) / "dev.md").read_text())
     typer.echo(json.dumps(result["chosen"]))
