@@ -215,7 +215,9 @@ def test_depth_counts_only_programs_that_received_that_many_edits():
     recs = [rec("kgw", i, (1, 2), (1.0, 0.0)) for i in range(3)] + [rec("kgw", 3, (1, 1), (5.0, 5.0))]
     recs += [rec("plain", i, (1, 2), (0.0, 0.0)) for i in range(4)]
     assert edited_at(recs[3], "2") is None and edited_at(recs[3], "1") is not None
-    rows = {r["depth"]: r for r in compute_metrics(cfg, {r["id"]: r for r in recs}, {}, {})}
+    # the windowed detector (kgw-win) gets rows of its own; these records carry only the plain kgw z
+    rows = {r["depth"]: r for r in compute_metrics(cfg, {r["id"]: r for r in recs}, {}, {})
+            if r["scheme"] == "kgw" and r["transform"] == "rename"}
     assert (rows[1]["n_pos"], rows[1]["n_fewer_edits"], rows[1]["tpr"]) == (4, 0, 0.25)
     assert (rows[2]["n_pos"], rows[2]["n_neg"], rows[2]["n_fewer_edits"]) == (3, 4, 1)
     assert rows[2]["tpr"] == 0.0 and rows[2]["tokens_changed"] == pytest.approx(0.4)
