@@ -199,3 +199,8 @@ def test_grounding_differences_against_sft_only(tmp_path, monkeypatch):
     assert by[("CARE − SFT-only", "all sets")]["n (items)"] == 4
     md = write_report(runs, tmp_path / "report")["markdown"].read_text()
     assert "## Paired differences in grounding (vs SFT-only)" in md
+    # per-item means carry intervals from the predictions: CARE quotes once on every multi-hop item
+    from carelab.care.eval.results import grounding_table
+
+    care = next(r for r in grounding_table(collect_rows(runs)) if r["Method"] == "CARE" and r["Dataset"] == "multihop")
+    assert care["Quotes/answer"] == "1.00 [1.00, 1.00]"

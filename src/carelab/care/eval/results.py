@@ -239,16 +239,29 @@ def counterfactual_table(rows: Sequence[dict]) -> list[dict]:
 
 
 def grounding_table(rows: Sequence[dict]) -> list[dict]:
-    """Format compliance and quote grounding of CARE-format methods (where a method quotes at all)."""
+    """Format compliance and quote grounding of CARE-format methods (where a method quotes at all); the per-item
+    means (quotes per answer, evidence BLEU/ROUGE-L) get their intervals from the run's predictions."""
+    from carelab.stats import bootstrap_ci, format_ci
+
+    def item_ci(items: dict[str, dict], key: str, fallback: float | None, digits: int = 1) -> str:
+        values = [v[key] for v in items.values() if v[key] is not None]
+        if not values:
+            return format_ci(fallback, digits=digits)
+        est = bootstrap_ci(values)
+        return format_ci(est.mean, est.lo, est.hi, digits=digits)
+
     out = []
     for r in rows:
         if r.get("format_rate") is None:
             continue
+        items = _grounding_items(r)
         out.append({"Method": r["label"], "Dataset": r.get("dataset_name", r["dataset"]), "n": r.get("n"),
-                    "Format %": _ci(r, "format_rate"), "Quotes/answer": r.get("quotes_per_item"),
+                    "Format %": _ci(r, "format_rate"),
+                    "Quotes/answer": item_ci(items, "quotes", r.get("quotes_per_item"), digits=2),
                     "Exact %": _ci(r, "quote_exact_share"), "Fuzzy %": _ci(r, "quote_fuzzy_share"),
                     "In context %": _ci(r, "quote_in_context_share"),
-                    "Evidence BLEU": r.get("evidence_bleu"), "Evidence ROUGE-L": r.get("evidence_rouge_l")})
+                    "Evidence BLEU": item_ci(items, "bleu", r.get("evidence_bleu")),
+                    "Evidence ROUGE-L": item_ci(items, "rouge", r.get("evidence_rouge_l"))})
     return out
 
 
@@ -263,7 +276,7 @@ def _grounding_items(r: dict) -> dict[str, dict]:
         out[str(rec.get("id"))] = {"format": 100.0 * bool(rec.get("well_formed")), "quotes": len(labels),
                                    "exact": labels.count("exact"),
                                    "in_context": labels.count("exact") + labels.count("fuzzy"),
-                                   "rouge": rec.get("evidence_rouge_l")}
+                                   "rouge": rec.get("evidence_rouge_l"), "bleu": rec.get("evidence_bleu")}
     return out
 
 
@@ -456,7 +469,9 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, max_viewer
     speed = throughput_table(rows)
     if speed:
         md += ["## Throughput", "", "Generation wall time summed over a method's datasets (all runs resumed "
-               "into the directory).", "", markdown_table(speed)]
+               "into the directory): a timing of this run on this machine, not a quality comparison; n = items. "
+               "Engine speed-ups are measured as ratios in one run by `benchmarks/eval_throughput.py`.", "",
+               markdown_table(speed)]
     md += ["", "![scores](scores.png)" if paths["png"] else "",
            "", f"Evidence viewer: [viewer.html](viewer.html) (open in a browser; file `{paths['viewer']}`)", ""]
     paths["markdown"] = out / "report.md"
