@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from carelab.care.shipped import BUNDLED_LABEL
 from carelab.report import markdown_table, new_figure, save_figure, write_csv
 from carelab.runs import InputError, read_jsonl
 
@@ -155,8 +156,10 @@ def ablation_table(rows: Sequence[dict]) -> tuple[list[dict], list[str]] | None:
 
 
 #: Reference rows of the paired comparisons (normalised labels -> name), as `carelab care reproduce` labels them.
-REFERENCES = ((("original", "baseline"), "Original"), (("sftonly", "sft"), "SFT-only"),
-              (("carebundled", "bundled"), "CARE (bundled)"))
+ORIGINAL_REF = (("original", "baseline"), "Original")
+SFT_REF = (("sftonly", "sft"), "SFT-only")
+BUNDLED_REF = (("carebundled", "bundled"), BUNDLED_LABEL)
+REFERENCES = (ORIGINAL_REF, SFT_REF, BUNDLED_REF)
 
 
 def paired_comparison(rows: Sequence[dict], label: str, ref: str) -> tuple[dict[str, Any], Any]:
@@ -286,7 +289,7 @@ def grounding_difference_table(rows: Sequence[dict]) -> list[dict]:
     resampled jointly), evidence ROUGE-L (items where both have gold evidence). ``*`` = interval excludes 0."""
     grounded = [r for r in rows if r.get("format_rate") is not None]
     labels = list(dict.fromkeys(r["label"] for r in grounded))
-    ref = next((lb for lb in labels if _norm_label(lb) in REFERENCES[1][0]), None)
+    ref = next((lb for lb in labels if _norm_label(lb) in SFT_REF[0]), None)
     if ref is None:
         return []
     out = []
