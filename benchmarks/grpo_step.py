@@ -23,13 +23,17 @@ from variants import dispatch, timed  # noqa: E402
 
 #: name -> GRPORunConfig overrides; ``today`` is the cpu-full preset before this benchmark existed
 VARIANTS: dict[str, dict] = {
-    "today": dict(batch_size=1, grad_accum=5, beta=0.01),
-    "group-batch": dict(batch_size=5, grad_accum=1, beta=0.01),
-    "per-rollout+beta0+mu2": dict(batch_size=1, grad_accum=5, beta=0.0, num_iterations=2),
-    "group-batch+beta0": dict(batch_size=5, grad_accum=1, beta=0.0),
-    "group-batch+beta0+mu2": dict(batch_size=5, grad_accum=1, beta=0.0, num_iterations=2),
+    "today": dict(batch_size=1, grad_accum=5, beta=0.01, share_prompt=False),
+    "group-batch": dict(batch_size=5, grad_accum=1, beta=0.01, share_prompt=False),
+    "per-rollout+beta0+mu2": dict(batch_size=1, grad_accum=5, beta=0.0, num_iterations=2, share_prompt=False),
+    "group-batch+beta0": dict(batch_size=5, grad_accum=1, beta=0.0, share_prompt=False),
+    "group-batch+beta0+mu2": dict(batch_size=5, grad_accum=1, beta=0.0, num_iterations=2, share_prompt=False),
     "group-batch+beta0+mu2+gc": dict(batch_size=5, grad_accum=1, beta=0.0, num_iterations=2,
-                                     gradient_checkpointing=True),
+                                     gradient_checkpointing=True, share_prompt=False),
+    # the group's prompt encoded once for the update, the old log-probs and the rollouts' prefill
+    "shared-prompt+beta0": dict(batch_size=5, grad_accum=1, beta=0.0, share_prompt=True),
+    "shared-prompt+beta0+mu2": dict(batch_size=5, grad_accum=1, beta=0.0, num_iterations=2, share_prompt=True),
+    "shared-prompt+beta0+mu4": dict(batch_size=5, grad_accum=1, beta=0.0, num_iterations=4, share_prompt=True),
 }
 
 
@@ -41,7 +45,7 @@ def measure(variant: str, steps: int, completion_tokens: int, model: str) -> dic
     from carelab.care.train.config import GRPORunConfig
     from carelab.care.train.grpo import run_grpo
 
-    times = {"generation": 0.0, "reward": 0.0}
+    times = {"generation": 0.0, "reward": 0.0}  # generation: inside generate (a shared prefill runs before it)
     step_times: list[float] = []
     cpu_times: list[float] = []  # CPU seconds of this process: robust when other jobs share the cores
 

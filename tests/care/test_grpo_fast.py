@@ -11,6 +11,7 @@ import torch
 
 from carelab.care.data import synth
 from carelab.care.rewards import reward_functions
+from carelab.care.train import shared_prefix
 from carelab.care.train.config import GRPORunConfig, SFTRunConfig
 from carelab.care.train.grpo import run_grpo
 from carelab.care.train.heldout import heldout_summary, read_heldout, score_completions, split_heldout
@@ -65,6 +66,27 @@ def test_whole_group_in_one_pass_gives_the_same_gradient(data, tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-7)
 
 
+def test_shared_prompt_gives_the_same_gradient(data, tmp_path, monkeypatch):
+    """The same rollouts (same seed) through GRPOTrainer with and without the shared prompt: same gradient."""
+    used: list[str] = []
+    for name in ("shared_prefix_logps", "shared_prefill_generate"):
+        original = getattr(shared_prefix, name)
+        monkeypatch.setattr(shared_prefix, name, lambda *a, _f=original, _n=name, **k: (used.append(_n), _f(*a, **k))[1])
+    taps = {}
+    for share in (True, False):
+        taps[share] = _GradTap()
+        run_grpo(_cfg(data, tmp_path / f"share-{share}", beta=0.0, share_prompt=share),
+                 callbacks=[taps[share].callback])
+        if share:  # the shared run really took both shared paths; the other run neither
+            assert {"shared_prefix_logps", "shared_prefill_generate"} <= set(used)
+            used.clear()
+    assert not used
+    a, b = taps[True].grads, taps[False].grads
+    assert a and set(a) == set(b) and any(g.abs().sum() > 0 for g in a.values())
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-7)
+
+
 def test_beta_zero_runs_no_reference_forward(data, tmp_path, monkeypatch):
     """With β = 0 (and one update per generation) every log-prob pass is the training pass, under grad."""
     from trl import GRPOTrainer
@@ -77,6 +99,13 @@ def test_beta_zero_runs_no_reference_forward(data, tmp_path, monkeypatch):
         return original(self, *a, **k)
 
     monkeypatch.setattr(GRPOTrainer, "_get_per_token_logps_and_entropies", counting)
+    shared_original = shared_prefix.shared_prefix_logps
+
+    def shared_counting(*a, **k):
+        calls.append(torch.is_grad_enabled())
+        return shared_original(*a, **k)
+
+    monkeypatch.setattr(shared_prefix, "shared_prefix_logps", shared_counting)
     run_grpo(_cfg(data, tmp_path / "b0", beta=0.0))
     assert calls and all(calls), calls
     calls.clear()

@@ -114,6 +114,8 @@ class GRPORunConfig:
                                   factory=lambda: ["tensorboard"])
     dtype: str = option("float32", help="float32 | bfloat16 (bf16 mixed precision on GPU)")
     gradient_checkpointing: bool = option(False, help="save memory on big models")
+    share_prompt: bool = option(True, help="encode each group's prompt once when scoring its completions (exact; "
+                                           "needs --batch-size ≥ the group, one process, no checkpointing)")
     limit: int | None = option(None, help="use at most N rows per file")
     trl: dict[str, Any] = option(help=_TRL_HELP.format(cls="GRPOConfig", example="--trl loss_type=dr_grpo"),
                                  parse="pairs", factory=dict)

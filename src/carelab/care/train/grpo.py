@@ -6,6 +6,7 @@ nodes; on a laptop CPU the same command runs with a small preset.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -60,9 +61,55 @@ def _curriculum_trainer_class():
     from trl import GRPOTrainer
 
     from carelab.care.train.curriculum import CurriculumSampler
+    from carelab.care.train.shared_prefix import (
+        can_share,
+        identical_prompt_runs,
+        repeated_layout,
+        shared_prefill_generate,
+        shared_prefix_logps,
+    )
 
     class CareGRPOTrainer(GRPOTrainer):
         curriculum: dict[str, Any] = {}
+        share_prompt: bool = False
+
+        def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                               batch_size=None, compute_entropy=False, compute_aux_loss=False,
+                                               **extra_inputs):
+            """TRL's scoring, with each group's prompt encoded once when that is exact (see shared_prefix)."""
+            prompt_len = input_ids.size(1) - logits_to_keep
+            if (self.share_prompt and not compute_aux_loss and prompt_len >= 2
+                    and can_share(model, self.accelerator.num_processes, self.args.gradient_checkpointing,
+                                  extra_inputs)):
+                runs = identical_prompt_runs(input_ids, attention_mask, prompt_len, batch_size)
+                if any(end - start > 1 for start, end in runs):
+                    logps, entropies = shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep,
+                                                           compute_entropy, max_rows=batch_size)
+                    return logps, entropies, None
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **extra_inputs)
+
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
+            """TRL's transformers rollouts, with each group's prompt prefilled once instead of once per rollout."""
+            repeats = repeated_layout(prompt_ids)
+            model = self.accelerator.unwrap_model(self.model)
+            if (not self.share_prompt or repeats < 2 or self.use_vllm or self.use_transformers_continuous_batching
+                    or images is not None or multimodal_fields
+                    or not can_share(model, self.accelerator.num_processes, False, {})):
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, *args,
+                                                     **kwargs)
+            # TRL pads, samples and cuts at EOS as usual; only its call to generate goes through the shared prefill
+            shadowed = model.__dict__.get("generate")  # an instance-level wrapper (e.g. a benchmark's timer) stays
+            model.generate = functools.partial(shared_prefill_generate, model, model.generate, repeats)
+            try:
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, *args,
+                                                     **kwargs)
+            finally:
+                if shadowed is None:
+                    del model.generate
+                else:
+                    model.generate = shadowed
 
         def _get_train_sampler(self, dataset=None):
             c = self.curriculum
@@ -158,6 +205,7 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
         disable_dropout=True,
     )))
     trainer_cls = _curriculum_trainer_class()
+    trainer_cls.share_prompt = cfg.share_prompt
     trainer_cls.curriculum = {"n_easy": len(easy_rows), "n_hard": len(hard_rows), "p_max": cfg.p_max,
                               "ramp_steps": cfg.ramp_steps, "enabled": cfg.curriculum and bool(hard_rows),
                               "log_path": str(out / "curriculum.jsonl")}
