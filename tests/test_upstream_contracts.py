@@ -98,21 +98,6 @@ def test_installed_versions_are_inside_the_declared_ranges(module):
     assert reqs[module].specifier.contains(version(module), prereleases=True), (module, version(module))
 
 
-def test_rank_bm25_still_computes_idf_in_the_hook_carelab_overrides():
-    """carelab.care.eval.baselines overrides the private ``BM25Okapi._calc_idf`` with Lucene's positive idf."""
-    import math
-
-    from rank_bm25 import BM25, BM25Okapi
-
-    from carelab.care.eval.baselines import _bm25
-
-    assert list(inspect.signature(BM25Okapi._calc_idf).parameters) == ["self", "nd"]
-    assert "self._calc_idf(nd)" in _source(BM25.__init__)
-    bm25 = _bm25([["paris", "france"], ["paris"], ["rome"]])
-    assert bm25.idf["paris"] == math.log(1.0 + (3 - 2 + 0.5) / (2 + 0.5)) > 0  # the override took effect
-    assert "self.idf" in _source(BM25Okapi.get_scores)
-
-
 def test_signal_enum_still_has_its_value_map():
     """carelab.watermark.sandbox names a signal via ``signal.Signals._value2member_map_`` (stdlib enum)."""
     import signal

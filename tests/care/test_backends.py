@@ -1,9 +1,13 @@
-"""Backends: rule reasoning/injection, reasoning parsing, and the openai backend's retry/backoff."""
+"""Backends: rule reasoning/injection, reasoning parsing, and the openai backend against a scripted server."""
 
 from __future__ import annotations
 
-import httpx
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import openai
+import openai._base_client
 import pytest
 
 from carelab.care import format as care_format
@@ -90,42 +94,91 @@ def test_make_backend_specs(monkeypatch):
     assert b.name == "openai:m" and str(b.client.base_url).startswith("http://127.0.0.1:9")
 
 
-class _FlakyCompletions:
-    def __init__(self, failures: int, status: int | None = None):
-        self.failures, self.status, self.calls = failures, status, 0
+class _ScriptedServer(ThreadingHTTPServer):
+    """A fake OpenAI chat endpoint that plays scripted (status, headers) replies, then answers 200."""
 
-    def create(self, **kw):
-        self.calls += 1
-        req = httpx.Request("POST", "http://test/v1/chat/completions")
-        if self.status is not None:
-            raise openai.BadRequestError("bad", response=httpx.Response(self.status, request=req), body=None)
-        if self.calls <= self.failures:
-            raise openai.APIConnectionError(request=req)
-        msg = type("M", (), {"content": f"echo {kw['messages'][-1]['content'][:5]}"})
-        return type("R", (), {"choices": [type("C", (), {"message": msg})]})
+    def __init__(self, script: list[tuple[int, dict[str, str]]]):
+        super().__init__(("127.0.0.1", 0), _ScriptedHandler)
+        self.script, self.calls = list(script), 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
 
-def _backend(completions) -> OpenAIBackend:
-    b = OpenAIBackend("m", BackendOptions(base_url="http://127.0.0.1:9/v1", retries=3, backoff=0.0, concurrency=2))
-    b.client = type("Client", (), {"chat": type("Chat", (), {"completions": completions})})
-    return b
+class _ScriptedHandler(BaseHTTPRequestHandler):
+    server: _ScriptedServer
+
+    def do_POST(self):  # noqa: N802 - the http.server hook's name
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        self.server.calls += 1
+        status, headers = self.server.script.pop(0) if self.server.script else (200, {})
+        if status == 200:
+            reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                     "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                         "role": "assistant", "content": f"echo {body['messages'][-1]['content'][:5]}"}}]}
+        else:
+            reply = {"error": {"message": f"scripted {status}", "code": None}}
+        data = json.dumps(reply).encode()
+        self.send_response(status)
+        for k, v in {"content-type": "application/json", **headers}.items():
+            self.send_header(k, v)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):  # keep pytest output quiet
+        pass
 
 
-def test_openai_retries_then_succeeds():
-    comp = _FlakyCompletions(failures=2)
-    b = _backend(comp)
-    assert b.chat([[{"role": "user", "content": "hello world"}]], 8) == ["echo hello"]
-    assert comp.calls == 3
+@pytest.fixture
+def scripted(monkeypatch):
+    """Start a scripted server; the SDK's retry sleeps are recorded instead of slept, so tests stay fast."""
+    sleeps: list[float] = []
+    monkeypatch.setattr(openai._base_client.time, "sleep", sleeps.append)
+    servers: list[_ScriptedServer] = []
+
+    def start(script: list[tuple[int, dict[str, str]]]) -> tuple[_ScriptedServer, list[float]]:
+        server = _ScriptedServer(script)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server, sleeps
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
 
 
-def test_openai_gives_up_and_reports_none():
-    comp = _FlakyCompletions(failures=100)
-    assert _backend(comp).chat([[{"role": "user", "content": "x"}]], 8) == [None]
-    assert comp.calls == 4  # 1 + 3 retries
+def _backend(base_url: str) -> OpenAIBackend:
+    return OpenAIBackend("m", BackendOptions(base_url=base_url, retries=3, concurrency=2, timeout=10))
 
 
-def test_openai_client_errors_are_not_retried():
-    comp = _FlakyCompletions(failures=0, status=400)
-    with pytest.raises(BackendError, match="HTTP 400"):
-        _backend(comp).chat([[{"role": "user", "content": "x"}]], 8)
-    assert comp.calls == 1
+def test_openai_sdk_retries_429_after_retry_after(scripted):
+    server, sleeps = scripted([(429, {"retry-after": "7"}), (503, {})])
+    assert _backend(server.base_url).chat([[{"role": "user", "content": "hello world"}]], 8) == ["echo hello"]
+    assert server.calls == 3
+    assert sleeps[0] == 7.0  # the SDK waited as long as the server's Retry-After asked
+    assert 0 < sleeps[1] <= 1.0  # no Retry-After: the SDK's own exponential backoff with jitter
+
+
+def test_openai_gives_up_and_reports_none(scripted):
+    server, _ = scripted([(500, {})] * 100)
+    assert _backend(server.base_url).chat([[{"role": "user", "content": "x"}]], 8) == [None]
+    assert server.calls == 4  # 1 + 3 retries
+
+
+def test_openai_connection_errors_give_none(scripted):
+    server, sleeps = scripted([])
+    url = server.base_url
+    server.shutdown()
+    server.server_close()  # nothing listens there any more
+    assert _backend(url).chat([[{"role": "user", "content": "x"}]], 8) == [None]
+    assert len(sleeps) == 3
+
+
+def test_openai_client_errors_are_not_retried(scripted):
+    server, _ = scripted([(400, {})])
+    with pytest.raises(BackendError, match="HTTP 400: scripted 400"):
+        _backend(server.base_url).chat([[{"role": "user", "content": "x"}]], 8)
+    assert server.calls == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 
 import pytest
 
@@ -44,6 +45,26 @@ def test_bm25_scores_are_normalised_and_rank_the_relevant_passage_first():
     assert scores.index(max(scores)) == 0 and scores[0] > 0.5
     assert scores[1] == scores[2] == 0.0  # no query word at all
     assert bl.bm25_scores("the of a", docs) == [0.0] * 4  # only stop words
+
+
+def test_bm25_scores_are_lucene_bm25_computed_by_hand():
+    """bm25s's Lucene BM25, normalised by the score of an average-length passage holding each query word once.
+
+    "paris" is in two of the three passages: Okapi's classic idf log((N - n + .5) / (n + .5)) would be negative
+    there, Lucene's log(1 + (N - n + .5) / (n + .5)) keeps it positive.
+    """
+    docs, k1, b = ["Paris France", "Paris", "Rome"], bl.BM25_K1, bl.BM25_B
+    idf = {"paris": math.log(1 + (3 - 2 + 0.5) / (2 + 0.5)), "rome": math.log(1 + (3 - 1 + 0.5) / (1 + 0.5))}
+    assert idf == {w: bl.lucene_idf(3, n) for w, n in (("paris", 2), ("rome", 1))} and idf["paris"] > 0
+    lengths, avg = [2, 1, 1], 4 / 3
+
+    def lucene(word: str, doc: int) -> float:  # Lucene's tf part: tf / (tf + k1 (1 - b + b dl / avgdl)), tf = 1
+        return idf[word] / (1 + k1 * (1 - b + b * lengths[doc] / avg))
+
+    bound = (idf["paris"] + idf["rome"]) / (1 + k1)
+    expected = [lucene("paris", 0) / bound, lucene("paris", 1) / bound, lucene("rome", 2) / bound]
+    assert bl.bm25_scores("Paris or Rome?", docs) == pytest.approx(expected, rel=1e-12)
+    assert expected[2] > expected[1] > expected[0] > 0  # the rarer word weighs more; shorter passages score higher
 
 
 def test_rag_keeps_top_k_in_original_order():

@@ -3,6 +3,7 @@ items ``viewer_records`` picks, and rendering plus filters in headless Chromium.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -66,11 +67,27 @@ def test_highlight_label_is_the_matchers_not_the_records():
 def test_html_is_escaped_and_marked():
     page = viewer.render_viewer([record("care", "HotpotQA")])
     assert "<script>alert('x')</script>" not in page  # context text never becomes markup
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page  # jinja2's autoescape spelling
     assert "Where did &lt;she&gt; move?" in page and "Rome &lt;b&gt;" in page
     assert page.count('class="q q-exact"') == 1 and page.count('class="q q-fuzzy"') == 1
     assert '<span class="rq q-exact"' in page and '<span class="rq q-none"' in page
     assert "not in context" in page
+
+
+def test_script_in_any_record_field_stays_text():
+    """Whatever a model or a dataset wrote — answer, quotes, reasoning, question, labels — is escaped, never run."""
+    evil = "<script>alert(1)</script>"
+    rec = record(f"m{evil}", f"ds{evil}", prediction=f"Rome{evil}", question=f"Q{evil}", answers=[evil],
+                 context=f"ctx {evil} end", raw=evil, think=f"so <retrieval>{evil}</retrieval>",
+                 quotes=[{"text": evil, "match": "exact"}], counterfactual=True, original_answers=[evil],
+                 info={"action": evil}, id=evil)
+    page = viewer.render_viewer([rec], title=f"T{evil}")
+    assert page.count("<script>") == 1 and page.count("</script>") == 1  # the viewer's own inline script only
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    for shown in (f"Rome{escaped}", f"Q{escaped}", f"ctx <mark class=\"q q-exact\" data-quote=\"0\" "
+                  f"title=\"quote 1: exact\">{escaped}</mark> end", f"CRAG action: {escaped}",
+                  f'<span class="rq q-exact" title="exact">{escaped}</span>', f"<title>T{escaped}</title>"):
+        assert shown in page
 
 
 def test_one_card_per_item_with_a_column_per_method():
@@ -98,7 +115,7 @@ def test_labels_shown_are_the_matchers():
         col = columns(card)[rec["label"]]
         assert re.findall(r'data-match="([^"]*)"', col) == [q["match"] for q in rec["quotes"]]
     views = re.findall(r'<div class="ctx" data-methods="([^"]*)"[^>]*>(.*?)</div>', card, re.DOTALL)
-    methods = [json.loads(m.replace("&quot;", '"')) for m, _ in views]
+    methods = [json.loads(html.unescape(m)) for m, _ in views]
     assert methods == [["care", "sft"], ["other"], ["original"]]  # the same spans are shown once
     for ms, (_, body) in zip(methods, views, strict=True):
         rec = next(r for r in records if r["label"] == ms[0])

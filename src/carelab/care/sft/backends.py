@@ -9,16 +9,15 @@ the version, which invalidates cached answers instead of silently mixing two pro
 Specs: ``rule`` (deterministic; reasons from the chain recorded in synthetic rows, and injects facts
 next to the reasoning sentence they overlap most — works for any HotpotQA-style data),
 ``hf:<model spec>`` (carelab.models + batched carelab.generation), ``openai:<model>`` (the ``openai``
-SDK against any compatible server; bounded concurrency, per-request timeout, retries with backoff).
+SDK against any compatible server; bounded concurrency, per-request timeout, and the SDK's own retries, which
+back off exponentially and honour a server's ``Retry-After``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import re
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,8 +59,8 @@ class BackendOptions:
     api_key: str | None = None
     concurrency: int = 4
     timeout: float = 120.0
+    #: the SDK's ``max_retries``: it retries connection errors, timeouts, 408/409/429 and 5xx itself
     retries: int = 4
-    backoff: float = 1.0
 
 
 def reason_messages(ex: QAExample) -> list[dict]:
@@ -270,7 +269,11 @@ def api_error_message(exc: Exception) -> str:
 
 
 class OpenAIBackend(ChatBackend):
-    """Any OpenAI-compatible chat API via the ``openai`` SDK, with our own retry/backoff loop."""
+    """Any OpenAI-compatible chat API via the ``openai`` SDK; retries are the SDK's ``max_retries``.
+
+    Why the SDK's: it backs off with jitter and waits as long as a server's ``Retry-After`` asks
+    (e.g. ``carelab serve``'s 429 when its queue is full), which a hand-written loop would have to copy.
+    """
 
     def __init__(self, model: str, options: BackendOptions):
         super().__init__(options)
@@ -287,26 +290,23 @@ class OpenAIBackend(ChatBackend):
         except ImportError:  # pragma: no cover - openai is a dependency
             raise BackendError("the openai backend needs `pip install openai`") from None
         self._openai = openai
-        self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=options.timeout, max_retries=0)
+        self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=options.timeout,
+                                    max_retries=options.retries)
 
     def _one(self, messages: list[dict], max_new_tokens: int) -> str | None:
+        """One reply; ``None`` once the SDK's retries of a transient failure are spent (retried on the next run)."""
         o = self._openai
         transient = (o.APIConnectionError, o.APITimeoutError, o.RateLimitError, o.InternalServerError)
-        for attempt in range(self.options.retries + 1):
-            try:
-                resp = self.client.chat.completions.create(model=self.model, messages=messages,
-                                                           max_tokens=max_new_tokens, temperature=0.0)
-                return resp.choices[0].message.content or ""
-            except transient as exc:
-                if attempt == self.options.retries:
-                    log.warning("%s: giving up after %d attempts: %s", self.name, attempt + 1, api_error_message(exc))
-                    return None
-                delay = self.options.backoff * (2 ** attempt) * (1 + 0.25 * random.random())
-                log.info("%s: %s; retrying in %.1fs", self.name, type(exc).__name__, delay)
-                time.sleep(delay)
-            except o.APIStatusError as exc:  # 4xx other than 429: our request is wrong; retrying won't help
-                raise BackendError(f"{self.name}: HTTP {exc.status_code}: {api_error_message(exc)}") from None
-        return None
+        try:
+            resp = self.client.chat.completions.create(model=self.model, messages=messages,
+                                                       max_tokens=max_new_tokens, temperature=0.0)
+            return resp.choices[0].message.content or ""
+        except transient as exc:
+            log.warning("%s: giving up after %d attempts: %s", self.name, self.options.retries + 1,
+                        api_error_message(exc))
+            return None
+        except o.APIStatusError as exc:  # other 4xx: our request is wrong; the SDK did not retry it either
+            raise BackendError(f"{self.name}: HTTP {exc.status_code}: {api_error_message(exc)}") from None
 
     def chat(self, conversations: Sequence[list[dict]], max_new_tokens: int) -> list[str | None]:
         workers = max(1, min(self.options.concurrency, len(conversations)))
