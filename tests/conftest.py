@@ -1,8 +1,9 @@
-"""Shared fixtures: quiet logs, a fixed cache dir reuse, tiny models."""
+"""Shared fixtures: quiet logs, a fixed cache dir reuse, tiny models, one torch thread."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -26,3 +27,17 @@ def smollm2():
     from carelab.models import load_model
 
     return load_model("smollm2-135m-instruct")
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the test, restored after: tiny tensors on a shared 2-core box run faster alone.
+
+    Folders whose tests want it everywhere request it from an autouse fixture in their own conftest.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

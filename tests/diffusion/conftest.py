@@ -9,11 +9,8 @@ from carelab.diffusion.model import GPT, GPTConfig
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _single_threaded(one_thread) -> None:
+    """Every diffusion test under the shared ``one_thread`` fixture (tests/conftest.py)."""
 
 
 @pytest.fixture
