@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from carelab.care.data import synth
 from carelab.care.rewards import reward_functions
 from carelab.care.train import shared_prefix
 from carelab.care.train.config import GRPORunConfig, SFTRunConfig
@@ -19,14 +18,6 @@ from carelab.care.train.sft import run_sft
 from carelab.runs import InputError
 
 TINY = "tiny-random-qwen2"
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("grpo-fast")
-    easy = synth.write("drop", 10, 0, root / "easy.json", context_words=30)
-    hard = synth.write("msmarco", 6, 0, root / "hard.json", context_words=60)
-    return {"easy": str(easy), "hard": str(hard)}
 
 
 def _cfg(data, out: Path, **kw) -> GRPORunConfig:

@@ -12,23 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from carelab.care.data import synth
-from carelab.care.sft.pipeline import SftDataConfig, run_pipeline
 from carelab.care.train.config import GRPORunConfig, SFTRunConfig
 from carelab.care.train.grpo import run_grpo
 from carelab.care.train.sft import run_sft
 
 TINY = "tiny-random-qwen2"
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("care-train")
-    hq = synth.write("hotpotqa", 12, 0, root / "hq.json", context_words=40, distractors=0)
-    run_pipeline(SftDataConfig(input=str(hq), format="hotpotqa", out=str(root / "sft.jsonl")), echo=lambda _: None)
-    easy = synth.write("drop", 10, 0, root / "easy.json", context_words=30)
-    hard = synth.write("msmarco", 6, 0, root / "hard.json", context_words=60)
-    return {"root": root, "sft": str(root / "sft.jsonl"), "easy": str(easy), "hard": str(hard)}
 
 
 def _losses(out: Path) -> list[float]:

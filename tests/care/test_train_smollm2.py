@@ -7,7 +7,6 @@ import json
 import pytest
 
 from carelab.care.data import synth
-from carelab.care.sft.pipeline import SftDataConfig, run_pipeline
 from carelab.care.train.config import GRPORunConfig, SFTRunConfig
 from carelab.care.train.grpo import run_grpo
 from carelab.care.train.sft import run_sft
@@ -15,11 +14,10 @@ from carelab.care.train.sft import run_sft
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # 135M SFT + GRPO on CPU
 
 
-def test_smollm2_sft_lowers_loss_then_grpo_runs(tmp_path):
-    hq = synth.write("hotpotqa", 16, 3, tmp_path / "hq.json", context_words=30, distractors=0)
-    run_pipeline(SftDataConfig(input=str(hq), format="hotpotqa", out=str(tmp_path / "sft.jsonl")), echo=lambda _: None)
+def test_smollm2_sft_lowers_loss_then_grpo_runs(sft_jsonl, tmp_path):
+    sft_data = sft_jsonl(16, seed=3, context_words=30)
     sft_out = tmp_path / "sft"
-    metrics = run_sft(SFTRunConfig(data=[str(tmp_path / "sft.jsonl")], out=str(sft_out), max_steps=24, batch_size=2,
+    metrics = run_sft(SFTRunConfig(data=[sft_data], out=str(sft_out), max_steps=24, batch_size=2,
                                    lr=5e-4, logging_steps=4, save_steps=24, report_to=[], max_length=1024,
                                    warmup_ratio=0.0))
     state = json.loads((sft_out / "checkpoint-24" / "trainer_state.json").read_text())

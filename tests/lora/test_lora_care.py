@@ -5,21 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
-from carelab.care.data import synth
-from carelab.care.sft.pipeline import SftDataConfig, run_pipeline
 from carelab.care.train.config import SFTRunConfig
 from carelab.care.train.sft import run_sft
-
-
-@pytest.fixture(scope="module")
-def sft_data(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("lora-care")
-    hq = synth.write("hotpotqa", 6, 0, root / "hq.json", context_words=30, distractors=0)
-    run_pipeline(SftDataConfig(input=str(hq), format="hotpotqa", out=str(root / "sft.jsonl")), echo=lambda _: None)
-    return str(root / "sft.jsonl")
 
 
 def _cfg(data: str, out: Path, **kw) -> SFTRunConfig:
@@ -36,7 +25,8 @@ def _adapter(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "adapter_model.safetensors"))
 
 
-def test_care_sft_with_lorapro_trains_and_resumes_exactly(sft_data, tmp_path):
+def test_care_sft_with_lorapro_trains_and_resumes_exactly(sft_jsonl, tmp_path):
+    sft_data = sft_jsonl(6, context_words=30)
     whole = tmp_path / "whole"
     metrics = run_sft(_cfg(sft_data, whole))
     assert metrics["steps"] == 8 and metrics["adapter"] == "lora-pro"
