@@ -28,23 +28,6 @@ def write_examples(path: Path, examples: list[QAExample]) -> str:
     return str(path)
 
 
-def scripted(monkeypatch, answers: dict[str, str], calls: list | None = None):
-    """Replace generation with scripted outputs keyed by a question substring of the decoded prompt."""
-    import carelab.generation as gen
-
-    def fake(model, tok, prompts, settings, logits_processor=None, progress=None, on_result=None):
-        outs = []
-        for ids in prompts:
-            text = tok.decode(ids)
-            hit = [v for k, v in answers.items() if k in text]
-            outs.append(hit[0] if hit else "")
-        if calls is not None:
-            calls.append(len(prompts))
-        return outs
-
-    monkeypatch.setattr(gen, "generate_from_ids", fake)
-
-
 # --------------------------------------------------------------------------- scoring, hand-computed
 def test_score_care_output_hand_computed():
     e = ex("a", "Where was Alice born?", ["Paris"])
@@ -117,7 +100,7 @@ def test_counterfactual_metrics_hand_computed():
 
 
 # --------------------------------------------------------------------------- the harness on a tiny model
-def test_every_method_on_tiny_model_writes_files_and_resumes(tmp_path, monkeypatch):
+def test_every_method_on_tiny_model_writes_files_and_resumes(tmp_path, scripted_generation):
     data = write_examples(tmp_path / "qa.jsonl", [
         ex(f"q{i}", f"Where was person {i} born?", [f"Town{i}"],
            passages=[Passage("Person", [f"Person {i} was born in Town{i}.", "He liked tea."]),
@@ -148,7 +131,7 @@ def test_every_method_on_tiny_model_writes_files_and_resumes(tmp_path, monkeypat
 
     # Resume: nothing left to generate; a larger limit generates only the new item.
     calls: list[int] = []
-    scripted(monkeypatch, {}, calls)
+    scripted_generation({}, calls)
     run_eval(cfg, progress=False)
     assert calls == []
     cfg.limit = 4
@@ -159,8 +142,8 @@ def test_every_method_on_tiny_model_writes_files_and_resumes(tmp_path, monkeypat
         assert sorted(ids) == ["q0", "q1", "q2", "q3"] and len(ids) == 4
 
 
-def test_resume_refuses_different_settings(tmp_path, monkeypatch):
-    scripted(monkeypatch, {})
+def test_resume_refuses_different_settings(tmp_path, scripted_generation):
+    scripted_generation({})
     data = write_examples(tmp_path / "d.jsonl", [ex("a", "Where was Alice born?", ["Paris"])])
     cfg = EvalConfig(model="tiny-random-qwen2", data=[data], methods=[MethodSpec("original")],
                      out=str(tmp_path / "run"), max_new_tokens=8, report=False)
@@ -170,8 +153,8 @@ def test_resume_refuses_different_settings(tmp_path, monkeypatch):
         run_eval(cfg, progress=False)
 
 
-def test_scripted_end_to_end_metrics_and_report(tmp_path, monkeypatch):
-    scripted(monkeypatch, {
+def test_scripted_end_to_end_metrics_and_report(tmp_path, scripted_generation):
+    scripted_generation({
         "Where was Alice born?": "<think><retrieval>Alice was born in Paris.</retrieval></think>\nAnswer: Paris",
         "Where does Bob live?": "<think>I recall</think> Answer: Milan",
     })
@@ -191,8 +174,8 @@ def test_scripted_end_to_end_metrics_and_report(tmp_path, monkeypatch):
     assert "| CARE | 50.0 [0.0, 100.0] | 50.0 [0.0, 100.0] |" in (Path(cfg.out) / "report.md").read_text()
 
 
-def test_long_inputs_are_middle_truncated_with_one_warning(tmp_path, monkeypatch):
-    scripted(monkeypatch, {})
+def test_long_inputs_are_middle_truncated_with_one_warning(tmp_path, scripted_generation):
+    scripted_generation({})
     filler = [f"Filler sentence number {k} talks about nothing in particular." for k in range(60)]
     exs = [ex(f"l{i}", f"Question {i}: where was Alice born?", ["Paris"],
               passages=[Passage("Long", filler + ["Alice was born in Paris."])]) for i in range(3)]
@@ -219,7 +202,7 @@ def test_duplicate_ids_are_an_input_error(tmp_path):
         ev.load_datasets([data])
 
 
-def test_longbench_and_cofca_files(tmp_path, monkeypatch):
+def test_longbench_and_cofca_files(tmp_path, scripted_generation):
     lb = tmp_path / "hotpotqa.jsonl"
     lb.write_text("".join(json.dumps({
         "input": f"Where was Alice {i} born?", "context": f"Passage 1:\nAlice {i} was born in Paris.\nPassage 2:\nBob "
@@ -231,8 +214,8 @@ def test_longbench_and_cofca_files(tmp_path, monkeypatch):
          "original_answer": "Paris", "context": "Alice was born in Berlin. Bob lives in Rome."},
         {"id": "c2", "question": "Where does Bob live?", "answer": "Rome", "counterfactual": False,
          "original_answer": "Rome", "context": "Alice was born in Berlin. Bob lives in Rome."}]))
-    scripted(monkeypatch, {"Alice 0": "Paris, France", "Alice 1": "Answer: Paris", "Alice 2": "Lyon",
-                           "Where was Alice born?": "Paris", "Where does Bob live?": "Rome"})
+    scripted_generation({"Alice 0": "Paris, France", "Alice 1": "Answer: Paris", "Alice 2": "Lyon",
+                         "Where was Alice born?": "Paris", "Where does Bob live?": "Rome"})
     cfg = EvalConfig(model="tiny-random-qwen2", data=[str(lb), str(cof)], methods=[MethodSpec("original")],
                      out=str(tmp_path / "run"), max_new_tokens=8)
     metrics = run_eval(cfg, progress=False)

@@ -35,9 +35,7 @@ def _write(path: Path, exs: list[QAExample]) -> str:
     return str(path)
 
 
-def _runs(tmp_path, monkeypatch):
-    import carelab.generation as gen
-
+def _runs(tmp_path, scripted_generation):
     multi = _write(tmp_path / "multihop.jsonl", [
         QAExample(f"m{i}", f"Where was Alice born? (m{i})", ["Paris"], PASSAGES, [("Alice", 0)]) for i in range(2)])
     cf = _write(tmp_path / "counterfactual.jsonl", [
@@ -50,17 +48,13 @@ def _runs(tmp_path, monkeypatch):
     gold = {"m0": "Paris", "m1": "Paris", "c0": "Berlin", "c1": "Rome"}
     state = {"label": None}
 
-    def fake(model, tok, prompts, settings, logits_processor=None, progress=None, on_result=None):
-        outs = []
-        for ids in prompts:
-            text = tok.decode(ids)
-            item = next(k for k in gold if f"({k})" in text)
-            # A wrong answer on the counterfactual item is the memorised original answer.
-            wrong = WRONG.replace("Nowhere", "Paris") if item == "c0" else WRONG
-            outs.append(RIGHT.format(gold=gold[item]) if item in right[state["label"]] else wrong)
-        return outs
+    def reply(text: str) -> str:
+        item = next(k for k in gold if f"({k})" in text)
+        # A wrong answer on the counterfactual item is the memorised original answer.
+        wrong = WRONG.replace("Nowhere", "Paris") if item == "c0" else WRONG
+        return RIGHT.format(gold=gold[item]) if item in right[state["label"]] else wrong
 
-    monkeypatch.setattr(gen, "generate_from_ids", fake)
+    scripted_generation(reply)
     dirs = []
     for run, labels in (("base", ["original"]), ("trained", ["SFT-only", "CARE", "no-curriculum"])):
         for label in labels:  # one label per call so the fake knows whose answers to give
@@ -73,8 +67,8 @@ def _runs(tmp_path, monkeypatch):
     return dirs
 
 
-def test_report_tables_chart_and_viewer(tmp_path, monkeypatch):
-    runs = _runs(tmp_path, monkeypatch)
+def test_report_tables_chart_and_viewer(tmp_path, scripted_generation):
+    runs = _runs(tmp_path, scripted_generation)
     # The trained run was extended label by label; its metrics keep every label evaluated there.
     labels = [r["label"] for r in json.loads((Path(runs[1]) / "metrics.json").read_text())["results"]]
     assert labels == ["SFT-only", "SFT-only", "CARE", "CARE", "no-curriculum", "no-curriculum"]
@@ -116,9 +110,9 @@ def test_report_tables_chart_and_viewer(tmp_path, monkeypatch):
         "counterfactual_n,Avg,Avg_lo,Avg_hi,Avg_n")
 
 
-def test_paired_differences_hand_computed(tmp_path, monkeypatch):
+def test_paired_differences_hand_computed(tmp_path, scripted_generation):
     """Per-item differences on the same items, resampled jointly; Avg resamples within each dataset."""
-    diff = {r["Comparison"]: r for r in difference_table(collect_rows(_runs(tmp_path, monkeypatch)))}
+    diff = {r["Comparison"]: r for r in difference_table(collect_rows(_runs(tmp_path, scripted_generation)))}
     assert list(diff) == ["SFT-only − original", "CARE − original", "no-curriculum − original",
                           "CARE − SFT-only", "no-curriculum − SFT-only"]
     # SFT-only vs original: multihop differences (0, 100); the counterfactual item is wrong for both.
@@ -132,13 +126,13 @@ def test_paired_differences_hand_computed(tmp_path, monkeypatch):
     assert diff["no-curriculum − SFT-only"]["multihop"] == "-50.0 [-100.0, 0.0]"
 
 
-def test_report_command_and_errors(tmp_path, monkeypatch):
+def test_report_command_and_errors(tmp_path, scripted_generation):
     import typer
     from typer.testing import CliRunner
 
     from carelab.care.cli.eval import report_command
 
-    runs = _runs(tmp_path, monkeypatch)
+    runs = _runs(tmp_path, scripted_generation)
     app = typer.Typer()
     app.command()(report_command)
     res = CliRunner().invoke(app, [runs[0]])
@@ -153,8 +147,8 @@ def test_report_command_and_errors(tmp_path, monkeypatch):
         write_report([], tmp_path / "x")
 
 
-def test_same_label_in_two_runs_is_disambiguated(tmp_path, monkeypatch):
-    runs = _runs(tmp_path, monkeypatch)
+def test_same_label_in_two_runs_is_disambiguated(tmp_path, scripted_generation):
+    runs = _runs(tmp_path, scripted_generation)
     rows = collect_rows([runs[0], runs[0]])
     labels = list(dict.fromkeys(r["label"] for r in rows))
     assert labels == ["original"]  # the same directory twice is not a clash
@@ -166,9 +160,9 @@ def test_same_label_in_two_runs_is_disambiguated(tmp_path, monkeypatch):
     assert labels == ["original", "original [copy]"]
 
 
-def test_runs_without_intervals_still_render(tmp_path, monkeypatch):
+def test_runs_without_intervals_still_render(tmp_path, scripted_generation):
     """metrics.json written before the CI fields existed: plain means, no paired-difference section."""
-    runs = _runs(tmp_path, monkeypatch)
+    runs = _runs(tmp_path, scripted_generation)
     path = Path(runs[0]) / "metrics.json"
     data = json.loads(path.read_text())
     data["results"] = [{k: v for k, v in r.items() if not k.endswith(("_lo", "_hi")) and k != "item_scores"}
@@ -178,11 +172,11 @@ def test_runs_without_intervals_still_render(tmp_path, monkeypatch):
     assert "| original | 50.0 | 0.0 | 25.0 |" in md and "## Paired differences" not in md
 
 
-def test_grounding_differences_against_sft_only(tmp_path, monkeypatch):
+def test_grounding_differences_against_sft_only(tmp_path, scripted_generation):
     """Per-item format / pooled quote shares of each CARE-format method minus SFT-only, from the predictions."""
     from carelab.care.eval.results import grounding_difference_table
 
-    runs = _runs(tmp_path, monkeypatch)
+    runs = _runs(tmp_path, scripted_generation)
     table = grounding_difference_table(collect_rows(runs))
     by = {(r["Comparison"], r["Dataset"]): r for r in table}
     assert set(by) == {(c, d) for c in ("CARE − SFT-only", "no-curriculum − SFT-only")
