@@ -641,8 +641,8 @@ def run(cfg: RobustnessConfig, model=None, tokenizer=None) -> dict:
         "## Paper (CodeLlama-7B, d = 5)\n", paper_reference_table(),
         "## Every depth\n",
         "Depth d counts only programs that received d edits; `n_fewer_edits` programs had no valid location left.\n",
-        markdown_table(depth_rows, ["scheme", "transform", "depth", "n_pos", "n_neg", "n_fewer_edits", "tpr",
-                                    "fpr", "auc", "tpr_at_1fpr", "tokens_changed"]),
+        markdown_table(depth_rows, ["scheme", "transform", "depth", "n_pos", "n_neg", "n_fewer_edits", "tpr", "tpr_lo",
+                                    "tpr_hi", "fpr", "auc", "auc_lo", "auc_hi", "tpr_at_1fpr", "tokens_changed"]),
         "![TPR vs depth](tpr_vs_depth.png)\n",
     ]
     (out / "report.md").write_text("\n".join(report))
