@@ -197,3 +197,20 @@ def test_pass_cost_is_paired_by_problem():
     (row,) = pass_cost(cfg, gens, execs)
     assert (row["n"], row["pass1"], row["pass1_plain"], row["diff"]) == (4, 0.5, 1.0, -0.5)
     assert row["diff_lo"] <= -0.5 <= row["diff_hi"]
+
+
+def test_dev_choice_needs_enough_kept_programs():
+    """A TPR of 1.0 on the one program that survived a strong bias must not win the dev selection."""
+    from carelab.watermark.robustness import choose_settings
+
+    def row(delta, n_pos, tpr, fpr=0.0):
+        return {"setting": f"delta{delta}", "delta": delta, "detector": "kgw", "n_pos": n_pos, "tpr": tpr,
+                "fpr": fpr}
+
+    rows = [row(2, 6, 0.3), row(4, 5, 0.6, fpr=0.2), row(6, 5, 0.8), row(8, 1, 1.0)]
+    pick = choose_settings(rows, ["kgw"], ["delta"], min_kept=5)["kgw"]
+    assert (pick["delta"], pick["reached"]) == (6, True)
+    pick = choose_settings(rows[:2] + rows[3:], ["kgw"], ["delta"], min_kept=5)["kgw"]
+    assert (pick["delta"], pick["reached"]) == (4, False)  # best TPR among points with enough programs
+    pick = choose_settings([row(4, 2, 0.0), row(8, 1, 1.0)], ["kgw"], ["delta"], min_kept=5)["kgw"]
+    assert (pick["delta"], pick["reached"]) == (4, False)  # none has enough: the one that kept most code

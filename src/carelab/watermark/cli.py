@@ -156,6 +156,7 @@ def select_command(
     gammas: str = typer.Option("0.25", "--gammas", help="Green-list fractions to try."),
     limit: int | None = typer.Option(None, "--limit", help="First N problems of the dev split."),
     target_tpr: float = typer.Option(0.6, "--target-tpr", help="TPR wanted at z > 2.33 (nominal 1 % FPR)."),
+    min_kept: int = typer.Option(5, "--min-kept", help="Kept watermarked programs a TPR must rest on."),
     temperature: float = typer.Option(0.7, "--temperature"),
     max_new_tokens: int = typer.Option(200, "--max-new-tokens"),
     batch_size: int = typer.Option(16, "--batch-size"),
@@ -177,7 +178,7 @@ def select_command(
                                temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                threads=threads, workers=workers, no_isolation=no_isolation)
         cfg.validate()
-        result = select_settings(cfg, grid, target_tpr=target_tpr)
+        result = select_settings(cfg, grid, target_tpr=target_tpr, min_kept=min_kept)
     except (ValueError, InputError, ModelSpecError, IsolationUnavailable) as exc:
         fail(str(exc))
         return

@@ -641,8 +641,8 @@ def run(cfg: RobustnessConfig, model=None, tokenizer=None) -> dict:
         "## Paper (CodeLlama-7B, d = 5)\n", paper_reference_table(),
         "## Every depth\n",
         "Depth d counts only programs that received d edits; `n_fewer_edits` programs had no valid location left.\n",
-        markdown_table(depth_rows, ["scheme", "transform", "depth", "n_pos", "n_neg", "n_fewer_edits", "tpr",
-                                    "fpr", "auc", "tpr_at_1fpr", "tokens_changed"]),
+        markdown_table(depth_rows, ["scheme", "transform", "depth", "n_pos", "n_neg", "n_fewer_edits", "tpr", "tpr_lo",
+                                    "tpr_hi", "fpr", "auc", "auc_lo", "auc_hi", "tpr_at_1fpr", "tokens_changed"]),
         "![TPR vs depth](tpr_vs_depth.png)\n",
     ]
     (out / "report.md").write_text("\n".join(report))
@@ -689,15 +689,39 @@ def _copy_plain(src: Path, dst: Path) -> None:
                 cache.write(obj)
 
 
+def choose_settings(rows: Sequence[dict], schemes: Sequence[str], grid_keys: Sequence[str], target_tpr: float = 0.6,
+                    min_kept: int = 5) -> dict[str, dict]:
+    """Per scheme, the first grid row (weakest watermark first) whose own detector reaches ``target_tpr`` at
+    FPR <= 1 % on at least ``min_kept`` kept programs; a TPR over one or two programs that survived a strong
+    bias is noise, not a usable baseline. With none qualifying: the best TPR among rows with ``min_kept``
+    programs, else the row that kept the most code (``reached`` false either way)."""
+    chosen: dict[str, dict] = {}
+    for gen in schemes:
+        mine = [r for r in rows if r["detector"] == gen]
+        enough = [r for r in mine if (r["n_pos"] or 0) >= min_kept]
+        ok = [r for r in enough if (r["tpr"] or 0) >= target_tpr and (r["fpr"] or 0) <= 0.01]
+        if ok:
+            pick = ok[0]
+        elif enough:
+            pick = max(enough, key=lambda r: r["tpr"] or 0)
+        else:
+            pick = max(mine, key=lambda r: r["n_pos"] or 0, default=None)
+        if pick is not None:
+            chosen[gen] = {"setting": pick["setting"], **{k: pick[k] for k in grid_keys}, "tpr": pick["tpr"],
+                           "fpr": pick["fpr"], "n_pos": pick["n_pos"], "reached": bool(ok)}
+    return chosen
+
+
 def select_settings(cfg: RobustnessConfig, grid: Sequence[dict], target_tpr: float = 0.6, model=None,
-                    tokenizer=None) -> dict:
+                    tokenizer=None, min_kept: int = 5) -> dict:
     """Choose generation settings on the dev split: unedited programs only, one run per grid point.
 
     Each grid point (overrides of ``cfg``: delta, gamma, temperature, max_new_tokens, ...) runs in
     ``<out>/<name>``; plain generations are shared between points with the same sampling settings. A
     generator qualifies when its detector's TPR is >= ``target_tpr`` at z > 2.33 (nominal 1 % FPR) with
-    no more than 1 % of the dev negatives above it. Grid order is preference (weakest watermark first, so
-    the first point that qualifies costs the least code quality); with none qualifying, the best TPR.
+    no more than 1 % of the dev negatives above it, over at least ``min_kept`` kept programs. Grid order is
+    preference (weakest watermark first, so the first point that qualifies costs the least code quality);
+    see ``choose_settings`` for the fallback.
     Writes ``dev.csv``, ``dev.md`` and ``chosen.json`` under ``cfg.out``.
     """
     import json
@@ -729,24 +753,18 @@ def select_settings(cfg: RobustnessConfig, grid: Sequence[dict], target_tpr: flo
                          "kept": result["kept"].get(r["generator"]), "generated": result["generated"].get(r["generator"]),
                          **{k: r.get(k) for k in ("n_pos", "n_neg", "tpr", "fpr", "tpr_at_1fpr", "auc",
                                                   "mean_z_pos", "mean_z_neg", "pass1_before")}})
-    chosen: dict[str, dict] = {}
-    for gen in cfg.schemes:
-        mine = [r for r in rows if r["detector"] == gen]
-        ok = [r for r in mine if (r["tpr"] or 0) >= target_tpr and (r["fpr"] or 0) <= 0.01]
-        pick = ok[0] if ok else max(mine, key=lambda r: r["tpr"] or 0, default=None)
-        if pick is not None:
-            chosen[gen] = {"setting": pick["setting"], **{k: pick[k] for k in grid[0]}, "tpr": pick["tpr"],
-                           "fpr": pick["fpr"], "reached": bool(ok)}
+    chosen = choose_settings(rows, cfg.schemes, list(grid[0]), target_tpr, min_kept)
     write_csv(out / "dev.csv", rows)
     (out / "chosen.json").write_text(json.dumps(chosen, indent=2) + "\n")
-    cols = ["setting", "detector", "generated", "kept", "n_neg", "tpr", "fpr", "tpr_at_1fpr", "auc", "mean_z_pos",
-            "mean_z_neg", "pass1_before"]
+    cols = ["setting", "detector", "generated", "kept", "n_pos", "n_neg", "tpr", "fpr", "tpr_at_1fpr", "auc",
+            "mean_z_pos", "mean_z_neg", "pass1_before"]
     (out / "dev.md").write_text(
         f"# Dev-split selection ({len(split_problems(cfg))} problems, split `{cfg.split}`)\n\n"
-        f"TPR / FPR at z > {Z_AT_1PCT:.2f} (nominal 1 % FPR) on unedited programs; goal TPR >= {target_tpr}.\n\n"
+        f"TPR / FPR at z > {Z_AT_1PCT:.2f} (nominal 1 % FPR) on unedited programs; goal TPR >= {target_tpr} "
+        f"over at least {min_kept} kept programs (`n_pos`).\n\n"
         + markdown_table(rows, cols) + "\nChosen: " + json.dumps(chosen) + "\n")
     return {"rows": rows, "chosen": chosen}
 
 
-__all__ = ["BASE_TRANSFORMS", "PAPER_TABLE", "RobustnessConfig", "compute_metrics", "edited_at", "roc_auc", "run",
-           "select_settings", "token_share_changed", "tpr_at_fpr"]
+__all__ = ["BASE_TRANSFORMS", "PAPER_TABLE", "RobustnessConfig", "choose_settings", "compute_metrics", "edited_at",
+           "roc_auc", "run", "select_settings", "token_share_changed", "tpr_at_fpr"]
