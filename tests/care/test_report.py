@@ -3,6 +3,7 @@ grounding tables, the PNG chart, the viewer, and ``report_command``."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -108,6 +109,13 @@ def test_report_tables_chart_and_viewer(tmp_path, scripted_generation):
     assert (out / "results.csv").read_text().splitlines()[0] == (
         "Method,multihop,multihop_lo,multihop_hi,multihop_n,counterfactual,counterfactual_lo,counterfactual_hi,"
         "counterfactual_n,Avg,Avg_lo,Avg_hi,Avg_n")
+    # one per-item row per (label, dataset, item): 4 labels × (2 multihop + 2 counterfactual items)
+    with (out / "items.csv").open() as fh:
+        items = list(csv.DictReader(fh))
+    assert len(items) == 4 * 4 and {r["method"] for r in items} == {"original", "SFT-only", "CARE", "no-curriculum"}
+    care_multihop = [r for r in items if r["method"] == "CARE" and r["dataset"] == "multihop"]
+    assert [float(r["f1"]) for r in care_multihop] == [1.0, 1.0]  # CARE's multihop cell is 100.0, as above
+    assert "[items.csv](items.csv)" in md
 
 
 def test_paired_differences_hand_computed(tmp_path, scripted_generation):

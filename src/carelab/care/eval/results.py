@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -268,19 +268,36 @@ def grounding_table(rows: Sequence[dict]) -> list[dict]:
     return out
 
 
-def _grounding_items(r: dict) -> dict[str, dict]:
-    """Per-item grounding facts of one (method, dataset) row, by item id, from its predictions file."""
+def _predictions(r: dict) -> Iterator[tuple[dict, int, int, int]]:
+    """The prediction records of one (method, dataset) row (none when its file is gone)."""
     path = Path(r["run_dir"]) / r["predictions"] if r.get("predictions") else None
     if path is None or not path.exists():
-        return {}
-    out = {}
+        return
     for _, rec in read_jsonl(path, skip_invalid=True):
         labels = [q.get("match") for q in rec.get("quotes") or []]
-        out[str(rec.get("id"))] = {"format": 100.0 * bool(rec.get("well_formed")), "quotes": len(labels),
-                                   "exact": labels.count("exact"),
-                                   "in_context": labels.count("exact") + labels.count("fuzzy"),
-                                   "rouge": rec.get("evidence_rouge_l"), "bleu": rec.get("evidence_bleu")}
-    return out
+        yield rec, len(labels), labels.count("exact"), labels.count("fuzzy")
+
+
+def _grounding_items(r: dict) -> dict[str, dict]:
+    """Per-item grounding facts of one (method, dataset) row, by item id, from its predictions file."""
+    return {str(rec.get("id")): {"format": 100.0 * bool(rec.get("well_formed")), "quotes": n, "exact": exact,
+                                 "in_context": exact + fuzzy, "rouge": rec.get("evidence_rouge_l"),
+                                 "bleu": rec.get("evidence_bleu")}
+            for rec, n, exact, fuzzy in _predictions(r)}
+
+
+ITEM_COLUMNS = ["method", "dataset", "id", "counterfactual", "f1", "em", "well_formed", "n_quotes", "n_exact",
+                "n_fuzzy", "evidence_rouge_l"]
+
+
+def item_rows(rows: Sequence[dict]) -> list[dict]:
+    """One row per (method, dataset, item) from the predictions files: what every interval in the report resamples,
+    so a reader can recompute any cell or paired difference without the run folder."""
+    return [{"method": r["label"], "dataset": r.get("dataset_name", r["dataset"]), "id": rec.get("id"),
+             "counterfactual": rec.get("counterfactual"), "f1": rec.get("f1"), "em": rec.get("em"),
+             "well_formed": rec.get("well_formed"), "n_quotes": n, "n_exact": exact, "n_fuzzy": fuzzy,
+             "evidence_rouge_l": rec.get("evidence_rouge_l")}
+            for r in rows for rec, n, exact, fuzzy in _predictions(r)]
 
 
 def grounding_difference_table(rows: Sequence[dict]) -> list[dict]:
@@ -409,7 +426,7 @@ def viewer_records(rows: Sequence[dict], max_per_group: int | None = 20) -> list
 
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, max_viewer_examples: int | None = 20
                  ) -> dict[str, Path]:
-    """Write ``report.md``, ``results.csv``, ``scores.png`` and ``viewer.html`` for one or more runs."""
+    """Write ``report.md``, ``results.csv``, ``items.csv`` (per-item scores), ``scores.png`` and ``viewer.html``."""
     from carelab.care.eval.viewer import write_viewer
 
     if not run_dirs:
@@ -418,7 +435,8 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, max_viewer
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table, cols = main_table(rows)
-    paths = {"csv": write_csv(out / "results.csv", table, ci_columns(cols))}
+    paths = {"csv": write_csv(out / "results.csv", table, ci_columns(cols)),
+             "items": write_csv(out / "items.csv", item_rows(rows), ITEM_COLUMNS)}
     paths["png"] = bar_chart(table, cols, out / "scores.png") if table else None
     paths["viewer"] = write_viewer(viewer_records(rows, max_viewer_examples), out / "viewer.html")
 
@@ -476,7 +494,8 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, max_viewer
                "Engine speed-ups are measured as ratios in one run by `benchmarks/eval_throughput.py`.", "",
                markdown_table(speed)]
     md += ["", "![scores](scores.png)" if paths["png"] else "",
-           "", f"Evidence viewer: [viewer.html](viewer.html) (open in a browser; file `{paths['viewer']}`)", ""]
+           "", f"Evidence viewer: [viewer.html](viewer.html) (open in a browser; file `{paths['viewer']}`)", "",
+           "Per-item scores of every row, so each interval above can be recomputed: [items.csv](items.csv)", ""]
     paths["markdown"] = out / "report.md"
     paths["markdown"].write_text("\n".join(md))
     return paths
