@@ -153,6 +153,21 @@ def test_resume_refuses_different_settings(tmp_path, scripted_generation):
         run_eval(cfg, progress=False)
 
 
+def test_a_later_call_on_a_subset_keeps_the_other_files(tmp_path, scripted_generation):
+    """One more label on one of two files adds its row; the rows of the other file stay in metrics.json."""
+    scripted_generation({"Where was Alice born?": "Paris", "Where does Bob live?": "Rome"})
+    first = write_examples(tmp_path / "first.jsonl", [ex("a", "Where was Alice born?", ["Paris"])])
+    second = write_examples(tmp_path / "second.jsonl", [ex("b", "Where does Bob live?", ["Rome"])])
+    out = str(tmp_path / "run")
+    run_eval(EvalConfig(model="tiny-random-qwen2", data=[first, second], methods=[MethodSpec("original")],
+                        out=out, max_new_tokens=8, report=False), progress=False)
+    metrics = run_eval(EvalConfig(model="tiny-random-qwen2", data=[first], methods=[MethodSpec("care-prompt")],
+                                  out=out, max_new_tokens=8, report=False), progress=False)
+    rows = {(r["label"], r["dataset"]): r["n"] for r in metrics["results"]}
+    assert rows == {("original", "first"): 1, ("original", "second"): 1, ("care-prompt", "first"): 1}
+    assert json.loads((Path(out) / "config.json").read_text())["data"] == [second, first]
+
+
 def test_scripted_end_to_end_metrics_and_report(tmp_path, scripted_generation):
     scripted_generation({
         "Where was Alice born?": "<think><retrieval>Alice was born in Paris.</retrieval></think>\nAnswer: Paris",

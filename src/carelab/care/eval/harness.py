@@ -368,6 +368,15 @@ def _previous_methods(out: Path) -> list[MethodSpec]:
         return []
 
 
+def _previous_data(out: Path) -> list[str]:
+    """The data files recorded in an existing run directory's config that still exist (empty when there is none)."""
+    try:
+        old = json.loads((out / "config.json").read_text())
+        return [str(p) for p in old.get("data", []) if Path(p).exists()]
+    except (OSError, json.JSONDecodeError, TypeError, AttributeError):
+        return []
+
+
 def _eos_strings(tokenizer) -> tuple[str, ...]:
     eos = getattr(tokenizer, "eos_token", None)
     return (eos,) if isinstance(eos, str) and eos else ()
@@ -392,13 +401,15 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     out = Path(config.out)
     main = distributed.is_main()
     # Labels evaluated earlier in this directory stay in its metrics and report (nothing is regenerated).
+    # So are the data files: a later call on a subset of them (e.g. one more method on two sets) keeps the others.
     current = {_slug(s.name) for s in config.methods}
     all_methods = [m for m in _previous_methods(out) if _slug(m.name) not in current] + list(config.methods)
+    all_data = [p for p in _previous_data(out) if p not in config.data] + list(config.data)
     with distributed.main_process_first():  # the checks run everywhere; only the main process writes
         if main:
             out.mkdir(parents=True, exist_ok=True)
             _check_resume(config, out)
-            save_config(replace(config, methods=all_methods), out)
+            save_config(replace(config, methods=all_methods, data=all_data), out)
     datasets = load_datasets(config.data, config.data_format, config.limit)
     outputs = [predictions_path(out, spec.name, ds.key) for spec in config.methods for ds in datasets]
     distributed.merge_all(outputs)  # records a killed multi-process run left in its part files count as done
@@ -509,7 +520,9 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     distributed.merge_all(outputs)
     if not main:
         return {}  # metrics and report are the main process's to write
-    metrics = compute_metrics(replace(config, methods=all_methods), datasets, max_prompt)
+    earlier = [p for p in all_data if p not in config.data]
+    every_dataset = (load_datasets(earlier, config.data_format, config.limit) if earlier else []) + list(datasets)
+    metrics = compute_metrics(replace(config, methods=all_methods, data=all_data), every_dataset, max_prompt)
     if config.report:
         from carelab.care.eval.results import write_report
 
@@ -541,6 +554,8 @@ def compute_metrics(config: EvalConfig, datasets: Sequence[DatasetFile], max_pro
     for spec in config.methods:
         for ds in datasets:
             path = predictions_path(out, spec.name, ds.key)
+            if not path.exists():  # this label was never run on this file (e.g. added later on a subset)
+                continue
             wanted = {ex.id for ex in ds.examples}
             by_id = {str(r["id"]): r for _, r in read_jsonl(path, skip_invalid=True)} if path.exists() else {}
             records = [by_id[i] for i in (ex.id for ex in ds.examples) if i in by_id and i in wanted]
