@@ -12,12 +12,11 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 CORE = {"runs", "models", "generation", "options", "cli_errors", "stats", "report"}
-SERVICES = {"streaming", "presets", "distributed", "vllm_support", "hub"}
+SERVICES = {"streaming", "presets", "distributed", "vllm_support"}
 SYSTEMS = {"lora", "watermark", "diffusion"}
 #: (importer, imported) pairs that run against the layers today, as docs/architecture.md lists them.
-KNOWN = {("carelab.hub", "carelab.care.data.examples"), ("carelab.hub", "carelab.care.data.loaders"),
-         ("carelab.vllm_support", "carelab.care.serve.server")}
-KNOWN_LOOPS = [{"carelab.hub", "carelab.care.data.loaders"},
+KNOWN = {("carelab.vllm_support", "carelab.care.serve.server")}
+KNOWN_LOOPS = [{"carelab.care.data.hub", "carelab.care.data.loaders"},
                {"carelab.care.shipped", "carelab.care.eval.results"}]
 
 

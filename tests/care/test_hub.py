@@ -15,7 +15,7 @@ import datasets as hf
 import pytest
 from typer.testing import CliRunner
 
-from carelab import hub
+from carelab.care.data import hub
 from carelab.cli import app
 from carelab.runs import InputError, read_jsonl
 

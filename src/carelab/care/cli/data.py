@@ -85,7 +85,7 @@ def hub_command(
     config: str | None = typer.Option(None, "--config", help="Hub config, e.g. a LongBench subset."),
     limit: int | None = typer.Option(None, "--limit"),
 ) -> None:
-    from carelab.hub import load
+    from carelab.care.data.hub import load
     from carelab.runs import InputError, write_jsonl
 
     try:

@@ -521,9 +521,9 @@ def load_hub_dataset(name: str, split: str, format: str, *, limit: int | None = 
                      config: str | None = None) -> list[QAExample]:
     """Load a dataset from the Hugging Face hub (``datasets.load_dataset``) and convert its rows.
 
-    Needs network access for hub ids; ``carelab.hub.load`` (which this calls) also reads ``save_to_disk``
+    Needs network access for hub ids; ``carelab.care.data.hub.load`` (which this calls) also reads ``save_to_disk``
     folders and local files through the same code path, and knows short names (``longbench-hotpotqa`` …).
     """
-    from carelab.hub import load
+    from carelab.care.data.hub import load
 
     return load(name, format, split, config, limit)
