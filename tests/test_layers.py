@@ -16,8 +16,7 @@ SERVICES = {"streaming", "presets", "distributed", "vllm_support"}
 SYSTEMS = {"lora", "watermark", "diffusion"}
 #: (importer, imported) pairs that run against the layers today, as docs/architecture.md lists them.
 KNOWN = {("carelab.vllm_support", "carelab.care.serve.server")}
-KNOWN_LOOPS = [{"carelab.care.data.hub", "carelab.care.data.loaders"},
-               {"carelab.care.shipped", "carelab.care.eval.results"}]
+KNOWN_LOOPS = [{"carelab.care.shipped", "carelab.care.eval.results"}]
 
 
 def _module(path: Path) -> str:
