@@ -15,7 +15,7 @@ CORE = {"runs", "models", "generation", "options", "cli_errors", "stats", "repor
 SERVICES = {"streaming", "presets", "distributed", "vllm_support"}
 SYSTEMS = {"lora", "watermark", "diffusion"}
 #: (importer, imported) pairs that run against the layers today, as docs/architecture.md lists them.
-KNOWN = {("carelab.vllm_support", "carelab.care.serve.server")}
+KNOWN: set[tuple[str, str]] = set()
 KNOWN_LOOPS = [{"carelab.care.shipped", "carelab.care.eval.results"}]
 
 
