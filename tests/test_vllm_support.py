@@ -2,7 +2,8 @@
 
 ``care grpo --use-vllm`` (TRL options for colocate/server), ``care eval --engine vllm`` (``vllm.LLM`` arguments,
 token prompts, one ``LoRARequest`` per adapter; run against a fake ``vllm`` module) and ``carelab serve
---engine vllm`` (the ``vllm serve`` command line and the proxy that adds the ``care`` quote check).
+--engine vllm`` (the ``vllm serve`` command line and the proxy in ``carelab.care.serve.vllm_proxy`` that adds the
+``care`` quote check).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from carelab import vllm_support
+from carelab.care.serve import vllm_proxy
 from carelab.cli import app
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -207,7 +209,7 @@ def fake_upstream(seen: list) -> httpx.AsyncClient:
 
 def test_proxy_routes_to_the_lora_module_and_adds_the_care_check():
     seen: list = []
-    proxy = vllm_support.create_proxy_app("http://vllm", "care-smol", adapter=True, client=fake_upstream(seen))
+    proxy = vllm_proxy.create_proxy_app("http://vllm", "care-smol", adapter=True, client=fake_upstream(seen))
     client = TestClient(proxy)
     messages = [{"role": "user", "content": "Paris is the capital of France.\n\nWhat is the capital of France?"}]
     reply = client.post("/v1/chat/completions", json={"model": "anything", "messages": messages}).json()

@@ -15,7 +15,7 @@ import datasets as hf
 import pytest
 from typer.testing import CliRunner
 
-from carelab import hub
+from carelab.care.data import hub
 from carelab.cli import app
 from carelab.runs import InputError, read_jsonl
 
@@ -86,6 +86,8 @@ def test_hotpotqa_distractor_columns_become_passages_and_facts(tmp_path):
     assert ex.supporting_sentences() == ["Scott Derrickson is an American director.",
                                          "Edward Davis Wood Jr. was an American filmmaker."]
     assert ex.meta["level"] == "hard" and ex.hops == 2
+    assert hub.load_hub_dataset(saved(tmp_path / "again", [HOTPOT_ROW], "validation"), "validation",
+                                "hotpotqa") == [ex]  # the documented (name, split, format) entry point
 
 
 def test_2wiki_musique_longbench_drop_msmarco_shapes(tmp_path):

@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from carelab import distributed
-from carelab.care.shipped import BUNDLED_LABEL
+from carelab.care.eval.results import BUNDLED_LABEL
 from carelab.care.train.config import FINAL_ADAPTER
 from carelab.presets import build_config, load_preset
 from carelab.runs import InputError, check_same_settings, save_config, saved_settings

@@ -5,9 +5,6 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-#: the eval label of the bundled adapter's row (as `carelab care reproduce` writes it)
-BUNDLED_LABEL = "CARE (bundled)"
-
 
 def bundled_folder() -> Path:
     """Where the bundled CARE adapter lives inside the installed package (whether or not one is there)."""
@@ -93,6 +90,7 @@ def ship_from_run(run_dir: str, dest: str | None = None, label: str = "CARE", ba
     embedded model may become the bundled default (``dest`` None), others need a ``dest``.
     """
     from carelab.care.eval.results import (
+        BUNDLED_LABEL,
         collect_rows,
         difference_table,
         main_table,

@@ -85,7 +85,7 @@ def hub_command(
     config: str | None = typer.Option(None, "--config", help="Hub config, e.g. a LongBench subset."),
     limit: int | None = typer.Option(None, "--limit"),
 ) -> None:
-    from carelab.hub import load
+    from carelab.care.data.hub import load
     from carelab.runs import InputError, write_jsonl
 
     try:
@@ -208,9 +208,9 @@ def serve_command(
 
         resolved = resolve_adapter(adapter, model)
         if engine == "vllm":
-            from carelab import vllm_support
+            from carelab.care.serve import vllm_proxy
 
-            vllm_support.serve(model, resolved, host, port, name or model, max_model_len=max_model_len)
+            vllm_proxy.serve(model, resolved, host, port, name or model, max_model_len=max_model_len)
             return
         serve(model, adapter=resolved, host=host, port=port, model_name=name,
               max_new_tokens=max_new_tokens, max_queue=max_queue)

@@ -515,15 +515,3 @@ def load_examples(path: str | os.PathLike, format: str | None = None, *, skip_in
     :func:`load_examples_with_report` for the counts).
     """
     return load_examples_with_report(path, format, skip_invalid=skip_invalid, limit=limit)[0]
-
-
-def load_hub_dataset(name: str, split: str, format: str, *, limit: int | None = None,
-                     config: str | None = None) -> list[QAExample]:
-    """Load a dataset from the Hugging Face hub (``datasets.load_dataset``) and convert its rows.
-
-    Needs network access for hub ids; ``carelab.hub.load`` (which this calls) also reads ``save_to_disk``
-    folders and local files through the same code path, and knows short names (``longbench-hotpotqa`` …).
-    """
-    from carelab.hub import load
-
-    return load(name, format, split, config, limit)

@@ -19,7 +19,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from carelab.care.shipped import BUNDLED_LABEL
 from carelab.report import markdown_table, new_figure, save_figure, write_csv
 from carelab.runs import InputError, read_jsonl
 
@@ -155,6 +154,8 @@ def ablation_table(rows: Sequence[dict]) -> tuple[list[dict], list[str]] | None:
     return out, cols
 
 
+#: the eval label of the bundled adapter's row (as `carelab care reproduce` writes it; `care ship` compares with it)
+BUNDLED_LABEL = "CARE (bundled)"
 #: Reference rows of the paired comparisons (normalised labels -> name), as `carelab care reproduce` labels them.
 ORIGINAL_REF = (("original", "baseline"), "Original")
 SFT_REF = (("sftonly", "sft"), "SFT-only")

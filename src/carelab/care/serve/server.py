@@ -107,7 +107,8 @@ def _validation_error(errors: list[dict]) -> ApiError:
                     code=str(first.get("type", "invalid_value")))
 
 
-def _text(content: Any) -> str:
+def message_text(content: Any) -> str:
+    """Text of an OpenAI message content (a string or a list of parts); the vLLM proxy reads messages the same way."""
     if isinstance(content, list):  # content parts: keep the text ones
         return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
     return content or ""
@@ -338,7 +339,7 @@ def create_app(model, tokenizer, model_name: str, max_new_tokens: int = 512, max
         if req.model and req.model != model_name:
             raise ApiError(404, f"The model {req.model!r} does not exist here; this server has {model_name!r}.",
                            param="model", code="model_not_found")
-        msgs = [{"role": m.role, "content": _text(m.content)} for m in req.messages]
+        msgs = [{"role": m.role, "content": message_text(m.content)} for m in req.messages]
         requested = req.max_completion_tokens or req.max_tokens
         limit = min(requested or max_new_tokens, max_new_tokens)
         chars = sum(len(m["content"]) for m in msgs)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from carelab.care.data import loaders as native
 from carelab.care.data.examples import QAExample
 from carelab.runs import InputError
 
@@ -101,8 +102,6 @@ def normalise_row(fmt: str, row: dict[str, Any], index: int) -> dict[str, Any]:
 def examples_from_rows(rows: Iterable[dict[str, Any]], fmt: str, where: str,
                        limit: int | None = None) -> list[QAExample]:
     """Convert hub rows with the native converters; a bad row raises ``InputError`` naming the item and field."""
-    from carelab.care.data import loaders as native
-
     if fmt == "2wikimqa":
         fmt = "2wiki"
     if fmt not in native.FORMATS:
@@ -137,3 +136,13 @@ def load(source: str, format: str | None = None, split: str | None = None, confi
     ds = open_dataset(source, split or "validation", config)
     where = f"{source}[{split or 'validation'}]" if not os.path.exists(source) else source
     return examples_from_rows(ds, format, where, limit)
+
+
+def load_hub_dataset(name: str, split: str, format: str, *, limit: int | None = None,
+                     config: str | None = None) -> list[QAExample]:
+    """Load a dataset from the Hugging Face hub (``datasets.load_dataset``) and convert its rows.
+
+    Needs network access for hub ids; :func:`load` (which this calls) also reads ``save_to_disk`` folders
+    and local files through the same code path, and knows short names (``longbench-hotpotqa`` …).
+    """
+    return load(name, format, split, config, limit)
