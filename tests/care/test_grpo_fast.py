@@ -13,7 +13,13 @@ from carelab.care.rewards import reward_functions
 from carelab.care.train import shared_prefix
 from carelab.care.train.config import GRPORunConfig, SFTRunConfig
 from carelab.care.train.grpo import run_grpo
-from carelab.care.train.heldout import heldout_summary, read_heldout, score_completions, split_heldout
+from carelab.care.train.heldout import (
+    best_heldout_step,
+    heldout_summary,
+    read_heldout,
+    score_completions,
+    split_heldout,
+)
 from carelab.care.train.sft import run_sft
 from carelab.runs import InputError
 
@@ -131,6 +137,24 @@ def test_heldout_reward_curve(data, tmp_path):
     assert set(records[0]["per_item_scores"]) == {"accuracy", "format", "retrieval", "total"}
     report = (out / "heldout_reward.md").read_text()
     assert "| 0 | 4 |" in report and "| 2 | 4 |" in report and (out / "heldout_reward.png").stat().st_size > 0
+
+
+def test_heldout_keep_adapters_writes_the_dev_best_adapter(data, tmp_path):
+    """Each held-out evaluation leaves its adapter; the one with the best dev reward becomes dev-best-adapter."""
+    out = tmp_path / "keep"
+    metrics = run_grpo(_cfg(data, out, beta=0.0, max_steps=2, heldout_prompts=4, heldout_steps=1,
+                            heldout_keep_adapters=True))
+    records = read_heldout(out)
+    assert sorted(p.name for p in (out / "heldout-adapters").iterdir()) == ["step-0", "step-1", "step-2"]
+    assert metrics["dev_best_step"] == best_heldout_step(records)
+    assert (out / "dev-best-adapter" / "adapter_config.json").exists()
+    saved = json.loads((out / "grpo_metrics.json").read_text())
+    assert saved["dev_best_step"] == metrics["dev_best_step"]
+
+
+def test_best_heldout_step_takes_the_earliest_maximum():
+    records = [{"step": 20, "total_mean": 0.6}, {"step": 0, "total_mean": 0.5}, {"step": 10, "total_mean": 0.6}]
+    assert best_heldout_step(records) == 10 and best_heldout_step([]) is None
 
 
 def test_heldout_summary_pairs_each_step_with_the_first():

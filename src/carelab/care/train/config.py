@@ -16,6 +16,8 @@ from carelab.runs import InputError
 
 #: the folder inside a GRPO --out that holds the adapter to use (SFT + GRPO stacked when started from SFT)
 FINAL_ADAPTER = "final-adapter"
+#: with --heldout-keep-adapters: the adapter (stacked like FINAL_ADAPTER) of the evaluation with the best dev reward
+DEV_BEST_ADAPTER = "dev-best-adapter"
 
 _ADAPTERS = "lora|rslora|dora|pissa|lora-ga|lora+|lora-fa|lora-pro|full"
 _TRL_HELP = ("any field of TRL's {cls} as key=value (repeatable; values read as YAML), e.g. {example}; a preset "
@@ -121,6 +123,8 @@ class GRPORunConfig:
                                  parse="pairs", factory=dict)
     heldout_prompts: int = option(0, help="keep N prompts out of training; score them every --heldout-steps")
     heldout_steps: int = option(10, help="steps between held-out reward evaluations")
+    heldout_keep_adapters: bool = option(False, help="save the adapter at each held-out evaluation and write the "
+                                                     "best one by dev reward as dev-best-adapter")
 
     def __post_init__(self) -> None:
         if len(self.reward_weights) != 3:

@@ -24,8 +24,15 @@ from carelab.care.train.common import (
     quiet_progress,
     summary_callback,
 )
-from carelab.care.train.config import FINAL_ADAPTER, GRPORunConfig, trl_options
-from carelab.care.train.heldout import heldout_callback, split_heldout, write_heldout_report
+from carelab.care.train.config import DEV_BEST_ADAPTER, FINAL_ADAPTER, GRPORunConfig, trl_options
+from carelab.care.train.heldout import (
+    HELDOUT_ADAPTERS,
+    best_heldout_step,
+    heldout_callback,
+    read_heldout,
+    split_heldout,
+    write_heldout_report,
+)
 from carelab.runs import InputError, save_config
 
 log = logging.getLogger(__name__)
@@ -184,7 +191,8 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
         heldout_funcs = reward_functions(accuracy_normalized=cfg.accuracy_normalized,
                                          max_context_share=cfg.max_quote_share, retrieval=True)
         extra_callbacks.append(heldout_callback(held_easy + held_hard, heldout_funcs, list(cfg.reward_weights), tok,
-                                                out, cfg.heldout_steps, cfg.max_completion_tokens))
+                                                out, cfg.heldout_steps, cfg.max_completion_tokens,
+                                                keep_adapters=cfg.heldout_keep_adapters))
     if reward_wrapper is not None:
         funcs = [reward_wrapper(f) for f in funcs]
     setup = prepare_adapter(cfg.adapter, model, r=cfg.lora_r, alpha=cfg.lora_alpha, lr=cfg.lr,
@@ -227,21 +235,29 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     return metrics
 
 
+def _usable_adapter(cfg: GRPORunConfig, grpo_adapter: Path, dest: Path) -> None:
+    """``grpo_adapter`` as an adapter for the untouched base: stacked onto the SFT adapter when GRPO started from one."""
+    if cfg.init_adapter:
+        from carelab.care.train.adapters import stack_lora_adapters
+
+        stack_lora_adapters(cfg.init_adapter, str(grpo_adapter), str(dest))
+    else:
+        import shutil
+
+        shutil.copytree(grpo_adapter, dest, dirs_exist_ok=True)
+
+
 def _write_grpo_outputs(cfg: GRPORunConfig, out: Path, history: list[dict], metrics: dict) -> None:
     """The reward curve, the final adapter (SFT + GRPO stacked when started from SFT) and the metrics."""
     with (out / "reward_curve.jsonl").open("w") as fh:
         for h in history:
             fh.write(json.dumps({k: v for k, v in h.items() if k == "step" or k.startswith(("reward", "kl", "loss",
                                  "completions/mean_length"))}) + "\n")
-    final = out / FINAL_ADAPTER
-    if cfg.init_adapter:
-        from carelab.care.train.adapters import stack_lora_adapters
-
-        stack_lora_adapters(cfg.init_adapter, str(out / "grpo-adapter"), str(final))
-    else:
-        import shutil
-
-        shutil.copytree(out / "grpo-adapter", final, dirs_exist_ok=True)
+    _usable_adapter(cfg, out / "grpo-adapter", out / FINAL_ADAPTER)
+    best = best_heldout_step(read_heldout(out)) if cfg.heldout_keep_adapters else None
+    if best is not None and (out / HELDOUT_ADAPTERS / f"step-{best}").exists():
+        _usable_adapter(cfg, out / HELDOUT_ADAPTERS / f"step-{best}", out / DEV_BEST_ADAPTER)
+        metrics.update(dev_best_step=best, dev_best_adapter=str(out / DEV_BEST_ADAPTER))
     report = write_heldout_report(out)
     if report is not None:
         metrics["heldout_report"] = str(report)

@@ -42,9 +42,17 @@ def score_completions(rows: Sequence[dict], completions: Sequence[str], funcs: S
     return scores
 
 
+#: where ``--heldout-keep-adapters`` saves the adapter of each held-out evaluation (``step-N``)
+HELDOUT_ADAPTERS = "heldout-adapters"
+
+
 def heldout_callback(rows: list[dict], funcs: Sequence[Callable[..., list]], weights: Sequence[float], tokenizer,
-                     out: Path, every: int, max_new_tokens: int, batch_size: int = 8):
-    """A TrainerCallback that scores greedy completions of ``rows`` at step 0, every ``every`` steps and at the end."""
+                     out: Path, every: int, max_new_tokens: int, batch_size: int = 8, keep_adapters: bool = False):
+    """A TrainerCallback that scores greedy completions of ``rows`` at step 0, every ``every`` steps and at the end.
+
+    ``keep_adapters`` also saves the adapter at each evaluation, so the checkpoint with the best dev reward can be
+    chosen afterwards (the Trainer keeps only its last checkpoints).
+    """
     from rich.console import Console
     from transformers import TrainerCallback
 
@@ -75,7 +83,9 @@ def heldout_callback(rows: list[dict], funcs: Sequence[Callable[..., list]], wei
                                       **{f"{k}_mean": sum(v) / len(v) for k, v in scores.items()},
                                       "per_item": scores["total"], "per_item_scores": scores,
                                       "ids": [r.get("id") for r in rows]}
-            with path.open("a") as fh:
+            if keep_adapters:
+                model.save_pretrained(str(out / HELDOUT_ADAPTERS / f"step-{state.global_step}"))
+            with path.open("a") as fh:  # after the adapter: a recorded step always has its adapter
                 fh.write(json.dumps(record) + "\n")
             parts = " ".join(f"{k}={record[f'{k}_mean']:.3f}" for k in scores)
             console.print(f"[cyan]held-out[/] step {state.global_step}: {parts} (n={len(rows)})")
@@ -91,6 +101,13 @@ def heldout_callback(rows: list[dict], funcs: Sequence[Callable[..., list]], wei
             self._evaluate(state, model)
 
     return HeldoutReward()
+
+
+def best_heldout_step(records: Sequence[dict]) -> int | None:
+    """The step with the highest mean held-out reward (the earliest on ties): the dev-chosen checkpoint."""
+    if not records:
+        return None
+    return max(sorted(records, key=lambda r: r["step"]), key=lambda r: r["total_mean"])["step"]
 
 
 def read_heldout(run_dir: str | Path) -> list[dict]:
