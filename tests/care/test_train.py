@@ -112,6 +112,20 @@ def test_long_prompts_drop_or_truncate(data, tmp_path):
     assert len(dropped) < len(exs)
 
 
+def test_resume_skips_a_checkpoint_killed_while_saving(tmp_path):
+    """The newest folder without a readable trainer_state.json (written last by the Trainer) is not resumed from."""
+    from carelab.care.train.common import last_checkpoint
+
+    assert last_checkpoint(tmp_path / "missing") is None
+    for step, state in ((3, "{}"), (6, "{}"), (9, None), (12, '{"trunc')):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-x").mkdir()
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-6")
+
+
 def test_kill_and_resume_continues_at_the_right_step(data, tmp_path):
     out = tmp_path / "resume"
     cmd = [sys.executable, "-m", "carelab.cli", "care", "sft", "--data", data["sft"], "--out", str(out), "--model",

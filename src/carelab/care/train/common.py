@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,21 @@ def quiet_progress(trainer) -> None:
 
 
 def last_checkpoint(out: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest *complete* ``checkpoint-N`` in ``out``: one whose ``trainer_state.json`` (the Trainer's last
+    write) parses. A run killed while saving leaves a newer, half-written folder that resuming must skip."""
+    import json
 
-    return get_last_checkpoint(str(out)) if out.exists() else None
+    if not out.exists():
+        return None
+    steps = sorted((int(m.group(1)), p) for p in out.iterdir()
+                   if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
+    for _, path in reversed(steps):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return str(path)
+    return None
 
 
 def load_base(spec: str, init_adapter: str | None, dtype: str):
