@@ -130,6 +130,8 @@ def test_heldout_reward_curve(data, tmp_path):
     run_grpo(_cfg(data, out, beta=0.0, max_steps=2, heldout_prompts=4, heldout_steps=1))
     records = read_heldout(out)
     assert [r["step"] for r in records] == [0, 1, 2]
+    row = heldout_summary(records)[0]  # each component carries its interval over the prompts
+    assert row["retrieval_lo"] <= row["retrieval"] <= row["retrieval_hi"]
     assert all(r["n"] == 4 and len(r["per_item"]) == 4 for r in records)
     assert {"accuracy_mean", "format_mean", "retrieval_mean", "total_mean"} <= set(records[0])
     # a rerun on the same folder does not duplicate finished points

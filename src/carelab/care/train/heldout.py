@@ -135,9 +135,14 @@ def heldout_summary(records: Sequence[dict]) -> list[dict]:
         if len(rec["per_item"]) == len(first):
             change = paired_difference_ci(rec["per_item"], first)
             row.update(change=change.mean, change_lo=change.lo, change_hi=change.hi)
-        for key, value in rec.items():  # each reward's mean over the prompts, as logged
-            if key.endswith("_mean") and key != "total_mean":
-                row[key.removesuffix("_mean")] = value
+        per_item = rec.get("per_item_scores") or {}
+        for key, value in rec.items():  # each reward's mean over the prompts, with its CI where items were kept
+            name = key.removesuffix("_mean")
+            if key.endswith("_mean") and name != "total":
+                row[name] = value
+                if name in per_item:
+                    est = bootstrap_ci(per_item[name])
+                    row.update({f"{name}_lo": est.lo, f"{name}_hi": est.hi})
         rows.append(row)
     return rows
 
@@ -163,8 +168,8 @@ def write_heldout_report(run_dir: str | Path) -> Path | None:
     ax.set_title(f"Reward on {rows[0]['n']} held-out prompts")
     ax.legend()
     save_figure(fig, run / "heldout_reward.png")
-    components = sorted({k for r in rows for k in r} - {"step", "n", "reward", "reward_lo", "reward_hi", "change",
-                                                        "change_lo", "change_hi"})
+    components = sorted({k for r in rows for k in r if not k.endswith(("_lo", "_hi"))}
+                        - {"step", "n", "reward", "change"})
     lines = ["# Held-out reward during GRPO", "",
              f"Greedy completions of the same {rows[0]['n']} held-out prompts (drawn out of the GRPO pool, never "
              "trained on) scored with the training rewards. Mean with 95 % bootstrap CI; change = paired "
@@ -174,7 +179,8 @@ def write_heldout_report(run_dir: str | Path) -> Path | None:
     for r in rows:
         cells = [str(r["step"]), str(r["n"]), format_ci(r["reward"], r["reward_lo"], r["reward_hi"], digits=3),
                  format_ci(r.get("change"), r.get("change_lo"), r.get("change_hi"), digits=3, signed=True),
-                 *(f"{r[c]:.3f}" if c in r else "–" for c in components)]
+                 *(format_ci(r[c], r.get(f"{c}_lo"), r.get(f"{c}_hi"), digits=3) if c in r else "–"
+                   for c in components)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![held-out reward](heldout_reward.png)", ""]
     path = run / "heldout_reward.md"
