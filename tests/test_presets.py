@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from carelab.care.train.config import GRPORunConfig, SFTRunConfig
@@ -30,8 +32,8 @@ def test_bundled_presets_data_sets_generate():
         specs = [*data["sft"], data["easy"], data["hard"], *data["tests"].values()]
         assert len(specs) >= 4, name
         for spec in specs:
-            opts = {k: v for k, v in spec.items() if k not in ("kind", "n")}
-            assert synth.generate(spec["kind"], 1, 0, **opts), (name, spec)
+            opts = {k: v for k, v in spec.items() if k not in ("kind", "n", "seed")}
+            assert synth.generate(spec["kind"], 1, spec.get("seed", 0), **opts), (name, spec)
         assert all(v["n"] >= 100 for v in data["tests"].values()) or name == "cpu-quick", name
 
 
@@ -70,3 +72,39 @@ def test_ablation_selection(tmp_path):
     assert pick(True) == list(ABLATIONS) and pick(False) == [] and pick(["no-curriculum"]) == ["no-curriculum"]
     with pytest.raises(InputError, match="unknown ablation.*no-such"):
         pick(["no-such"])
+
+
+def test_synthetic_set_seed_draws_other_items(tmp_path):
+    """A set's own ``seed`` gives other items of the same kind (GRPO prompts apart from the SFT traces); a bad one
+    is one preset error."""
+    import json
+
+    from carelab.care.reproduce import _synth_set
+
+    spec = {"kind": "hotpotqa", "n": 3, "context_words": 80, "distractors": 1}
+    same = _synth_set(spec, 0, tmp_path / "a", "train", "data.easy")
+    other = _synth_set({**spec, "seed": 1}, 0, tmp_path / "b", "train", "data.easy")
+    ids = [{row["_id"] for row in json.loads(Path(p).read_text())} for p in (same, other)]
+    assert ids[0] and not ids[0] & ids[1]
+    with pytest.raises(InputError, match="n and seed must be integers"):
+        _synth_set({**spec, "seed": "one"}, 0, tmp_path / "c", "train", "data.easy")
+
+
+def test_eval_checkpoint_picks_the_grpo_adapter(tmp_path):
+    """``eval.checkpoint: dev-best`` evaluates the dev-chosen adapter and needs the kept adapters to exist."""
+    from carelab.care.reproduce import ReproduceConfig, _checkpoint, _grpo_adapter
+    from carelab.care.train.config import DEV_BEST_ADAPTER, FINAL_ADAPTER
+
+    def cfg(checkpoint, **grpo):
+        return ReproduceConfig(preset="p.yaml", out=str(tmp_path), grpo=grpo, eval={"checkpoint": checkpoint})
+
+    assert _grpo_adapter(cfg("final"), tmp_path) == str(tmp_path / FINAL_ADAPTER)
+    kept = cfg("dev-best", heldout_prompts=8, heldout_keep_adapters=True)
+    assert _grpo_adapter(kept, tmp_path) == str(tmp_path / DEV_BEST_ADAPTER)
+    with pytest.raises(InputError, match="needs grpo.heldout_prompts"):
+        _checkpoint(cfg("dev-best", heldout_prompts=8))
+    with pytest.raises(InputError, match="unknown checkpoint 'best'"):
+        _checkpoint(cfg("best"))
+    assert load_preset("cpu-full")["eval"]["checkpoint"] == "dev-best"
+    _checkpoint(ReproduceConfig(preset="cpu-full", out=str(tmp_path), grpo=load_preset("cpu-full")["grpo"],
+                                eval=load_preset("cpu-full")["eval"]))

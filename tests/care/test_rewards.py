@@ -222,3 +222,19 @@ def test_lone_surrogates_match_official(span, context):
     """JSON can carry lone surrogates ("\\ud800"); they must not crash the context index."""
     comp = f"<think><retrieval>{span}</retrieval></think>Answer: a"
     assert R.retrieval_reward([comp], context=[context])[0] == official_retrieval_reward(comp, context)
+
+
+def test_grpo_exact_only_option_reaches_training_and_dev_rewards():
+    """``retrieval_exact_only`` gives a near-copy with a wrong name 0 instead of the official 0.5, in the training
+    rewards and the dev curve's alike."""
+    from carelab.care.train.config import GRPORunConfig
+    from carelab.care.train.grpo import run_reward_functions
+
+    context = "The Silver Hibik was directed by Dumed Dadal."
+    near_copy = "<think><retrieval>The Silver Duma was directed by Dumed Dadal.</retrieval></think>Answer: x"
+    for exact_only, credit in ((False, 0.5), (True, 0.0)):
+        cfg = GRPORunConfig(easy=["e"], out="o", retrieval_exact_only=exact_only)
+        funcs = {f.__name__: f for f in run_reward_functions(cfg, retrieval=True)}
+        assert funcs["retrieval"]([near_copy], context=[context]) == [credit]
+    ablation = run_reward_functions(GRPORunConfig(easy=["e"], out="o", retrieval_exact_only=True), retrieval=False)
+    assert [f.__name__ for f in ablation] == ["accuracy", "format"]

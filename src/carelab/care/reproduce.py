@@ -21,7 +21,7 @@ from rich.console import Console
 
 from carelab import distributed
 from carelab.care.eval.results import BUNDLED_LABEL
-from carelab.care.train.config import FINAL_ADAPTER
+from carelab.care.train.config import DEV_BEST_ADAPTER, FINAL_ADAPTER
 from carelab.presets import build_config, load_preset
 from carelab.runs import InputError, check_same_settings, save_config, saved_settings
 
@@ -33,6 +33,8 @@ SFT_LABEL, CARE_LABEL = "SFT-only", "CARE"
 ABLATIONS = {"no-retrieval-reward": {"retrieval_reward": False}, "no-curriculum": {"curriculum": False}}
 #: methods a preset may list under ``eval.methods``
 EVAL_METHODS = ("original", "care-prompt", "sft-only", "care", "bundled")
+#: ``eval.checkpoint``: which GRPO adapter the CARE and ablation rows use
+CHECKPOINTS = {"final": FINAL_ADAPTER, "dev-best": DEV_BEST_ADAPTER}
 
 
 @dataclass
@@ -94,8 +96,11 @@ def _synth_set(spec: dict[str, Any], seed: int, path: Path, split: str, where: s
     opts = dict(spec)
     try:
         kind, n = opts.pop("kind"), int(opts.pop("n"))
+        seed = int(opts.pop("seed", seed))  # another seed draws other items of the same kind (e.g. GRPO vs SFT)
     except KeyError as exc:
         raise InputError("preset", f"data set {where} needs {exc.args[0]!r}", field=where) from None
+    except (TypeError, ValueError):
+        raise InputError("preset", f"data set {where}: n and seed must be integers", field=where) from None
     path = path.with_suffix(synth.SUFFIX.get(kind, ".json"))
     try:
         synth.write(kind, n, seed, path, split=opts.pop("split", split), **opts)
@@ -160,6 +165,23 @@ def _grpo(cfg: ReproduceConfig, data: dict[str, Any], sft_dir: Path, out: Path, 
     return run_grpo(grpo_cfg)
 
 
+def _checkpoint(cfg: ReproduceConfig) -> str:
+    """``eval.checkpoint`` (final | dev-best), checked before anything runs: dev-best needs the kept adapters."""
+    name = cfg.eval.get("checkpoint", "final")
+    if name not in CHECKPOINTS:
+        raise InputError(cfg.preset, f"unknown checkpoint {name!r}; use {' or '.join(CHECKPOINTS)}",
+                         field="eval.checkpoint")
+    if name == "dev-best" and not (cfg.grpo.get("heldout_prompts") and cfg.grpo.get("heldout_keep_adapters")):
+        raise InputError(cfg.preset, "checkpoint dev-best needs grpo.heldout_prompts > 0 and "
+                                     "grpo.heldout_keep_adapters: true", field="eval.checkpoint")
+    return name
+
+
+def _grpo_adapter(cfg: ReproduceConfig, grpo_dir: Path) -> str:
+    """The adapter a GRPO run is evaluated with: its final one, or the one its dev curve chose."""
+    return str(grpo_dir / CHECKPOINTS[_checkpoint(cfg)])
+
+
 def _method_specs(cfg: ReproduceConfig, root: Path) -> list:
     """The rows of the main table, in the preset's order (default: Original, SFT-only, CARE)."""
     from carelab.care.eval.harness import MethodSpec
@@ -174,7 +196,7 @@ def _method_specs(cfg: ReproduceConfig, root: Path) -> list:
         elif name == "sft-only":
             specs.append(MethodSpec("care", label=SFT_LABEL, adapter=str(root / "sft")))
         elif name == "care":
-            specs.append(MethodSpec("care", label=CARE_LABEL, adapter=str(root / "grpo" / FINAL_ADAPTER)))
+            specs.append(MethodSpec("care", label=CARE_LABEL, adapter=_grpo_adapter(cfg, root / "grpo")))
         elif name == "bundled":
             bundled = default_adapter()
             if bundled is None or not is_embedded(cfg.model):
@@ -229,7 +251,7 @@ def _evaluate_ablations(cfg: ReproduceConfig, data: dict[str, Any], main_root: P
         raise InputError(cfg.preset, f"unknown test set(s) {', '.join(unknown)}", field="eval.ablation_tests")
     tests = [data["tests"][n] for n in names]
     main = [MethodSpec("care", label=SFT_LABEL, adapter=str(main_root / "sft")),
-            MethodSpec("care", label=CARE_LABEL, adapter=str(main_root / "grpo" / FINAL_ADAPTER))]
+            MethodSpec("care", label=CARE_LABEL, adapter=_grpo_adapter(cfg, main_root / "grpo"))]
     for spec in main:
         for test in tests:
             key = Path(test).name.split(".")[0]
@@ -237,7 +259,7 @@ def _evaluate_ablations(cfg: ReproduceConfig, data: dict[str, Any], main_root: P
             if distributed.is_main() and src.exists() and not dst.exists():
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)
-    ablations = [MethodSpec("care", label=label, adapter=str(root / f"grpo-{label}" / FINAL_ADAPTER))
+    ablations = [MethodSpec("care", label=label, adapter=_grpo_adapter(cfg, root / f"grpo-{label}"))
                  for label in _selected_ablations(cfg)]
     return _evaluate(cfg, tests, main + ablations, out)
 
@@ -270,7 +292,8 @@ def reproduce(preset: str, out: str | None = None, model: str | None = None, see
     if cfg.base_run and not _stage(main_root, "4-grpo").exists():
         raise InputError(cfg.base_run, "base run has no finished GRPO stage; run its preset first (carelab care "
                                        "reproduce --preset … --out " + cfg.base_run + ")")
-    _selected_ablations(cfg)  # unknown labels fail before anything runs
+    _selected_ablations(cfg)  # unknown labels and checkpoints fail before anything runs
+    _checkpoint(cfg)
     root.mkdir(parents=True, exist_ok=True)
     with distributed.main_process_first():  # the main process checks and saves; the others then check
         _check_same_settings(cfg, root / "reproduce_config.json")

@@ -97,6 +97,8 @@ class GRPORunConfig:
     reward_weights: tuple[float, float, float] = option((0.7, 0.1, 0.2), help="accuracy,format,retrieval",
                                                          parse="floats")
     retrieval_reward: bool = option(True, help="the retrieval reward (--no-retrieval-reward: the ablation)")
+    retrieval_exact_only: bool = option(False, help="the retrieval reward credits exact quotes only (the official "
+                                                    "rule gives a near-copy 0.5, also one with a wrong name)")
     curriculum: bool = option(True, help="easy→hard curriculum (--no-curriculum: easy set only, the ablation)")
     p_max: float = option(0.5, help="the curriculum's final share of hard prompts")
     ramp_steps: int | None = option(None, help="steps over which the hard share ramps up (default: all)")

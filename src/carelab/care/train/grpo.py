@@ -152,7 +152,6 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     from trl import GRPOConfig
 
     from carelab.care.data.loaders import load_examples
-    from carelab.care.rewards import reward_functions
     from carelab.care.train.adapters import check_init_adapter
     from carelab.lora.variants import make_optimizer, prepare_adapter
 
@@ -182,14 +181,12 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     easy_rows, held_easy = split_heldout(easy_rows, cfg.heldout_prompts - n_held_hard, cfg.seed)
     hard_rows, held_hard = split_heldout(hard_rows, n_held_hard, cfg.seed)
     dataset = Dataset.from_list(easy_rows + hard_rows)
-    funcs = reward_functions(accuracy_normalized=cfg.accuracy_normalized, max_context_share=cfg.max_quote_share,
-                             retrieval=cfg.retrieval_reward)
+    funcs = run_reward_functions(cfg, retrieval=cfg.retrieval_reward)
     weights = list(cfg.reward_weights[: len(funcs)])  # the ablation drops the last (retrieval) function
     extra_callbacks = list(callbacks or [])
     if held_easy or held_hard:
         # the held-out curve always uses all three rewards with the run's weights, so ablations stay comparable
-        heldout_funcs = reward_functions(accuracy_normalized=cfg.accuracy_normalized,
-                                         max_context_share=cfg.max_quote_share, retrieval=True)
+        heldout_funcs = run_reward_functions(cfg, retrieval=True)
         extra_callbacks.append(heldout_callback(held_easy + held_hard, heldout_funcs, list(cfg.reward_weights), tok,
                                                 out, cfg.heldout_steps, cfg.max_completion_tokens,
                                                 keep_adapters=cfg.heldout_keep_adapters))
@@ -233,6 +230,14 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
         _write_grpo_outputs(cfg, out, history, metrics)
     distributed.barrier()  # the next stage may read the final adapter on any process
     return metrics
+
+
+def run_reward_functions(cfg: GRPORunConfig, *, retrieval: bool) -> list:
+    """The run's reward functions (training: ``retrieval=cfg.retrieval_reward``; the dev curve: always all three)."""
+    from carelab.care.rewards import reward_functions
+
+    return reward_functions(accuracy_normalized=cfg.accuracy_normalized, max_context_share=cfg.max_quote_share,
+                            exact_only=cfg.retrieval_exact_only, retrieval=retrieval)
 
 
 def _usable_adapter(cfg: GRPORunConfig, grpo_adapter: Path, dest: Path) -> None:
