@@ -115,6 +115,35 @@ def test_efficient_step_is_adamw_on_the_reference_per_layer_adjustment(dtype, op
     assert float(state["step"]) == 5.0 and state["exp_avg"].shape == find_lora_pairs(model)[0].A.shape
 
 
+def test_layers_without_gradients_at_some_steps_keep_their_own_step_counts():
+    """Layers that miss steps (no gradient) have other Adam step counts than their shape group: the batched
+    step still equals torch's AdamW on the reference adjustment (float64, 6 steps, some skipped)."""
+    model, tok = _peft_tiny()
+    model.to(torch.float64)
+    ref_model = copy.deepcopy(model)
+    opt = LoRAProAdamW(model, lr=1e-2, weight_decay=0.1)
+    ref = torch.optim.AdamW([p for p in ref_model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    for step in range(6):
+        batch = _batch(tok, seed=step)
+        for m in (model, ref_model):
+            m.zero_grad(set_to_none=True)
+            m(**batch).loss.backward()
+            for i, pair in enumerate(find_lora_pairs(m)):
+                if (i + step) % 3 == 0:  # this layer sits this step out
+                    pair.A.grad = pair.B.grad = None
+        for pair in find_lora_pairs(ref_model):
+            if pair.A.grad is not None:
+                pair.A.grad, pair.B.grad = _adjust_gradients_reference(pair.A, pair.B, pair.A.grad, pair.B.grad,
+                                                                       pair.scaling)
+        opt.step()
+        ref.step()
+    assert _rel(_updates(model, before), _updates(ref_model, before)) < 1e-10
+    steps = {float(opt.state[pair.A]["step"]) for pair in find_lora_pairs(model)}
+    assert steps == {4.0}  # each layer skipped 2 of the 6 steps, at different steps
+    assert {float(ref.state[pair.A]["step"]) for pair in find_lora_pairs(ref_model)} == steps
+
+
 @pytest.mark.parametrize("mode", ["efficient", "full"])
 def test_trains_tiny_peft_model(mode):
     model, tok = _peft_tiny()
