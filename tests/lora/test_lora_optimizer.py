@@ -144,6 +144,44 @@ def test_layers_without_gradients_at_some_steps_keep_their_own_step_counts():
     assert {float(ref.state[pair.A]["step"]) for pair in find_lora_pairs(ref_model)} == steps
 
 
+def test_rehomed_factors_save_and_survive_reallocation(tmp_path):
+    """The efficient step makes each lora_A/lora_B a view of stacked storage: the adapter still saves with
+    safetensors and reloads equal, and storage replaced between steps (as ``model.to`` does) is noticed —
+    the updates stay torch's AdamW on the reference adjustment (float64)."""
+    from safetensors.torch import load_file
+
+    model, tok = _peft_tiny()
+    model.to(torch.float64)
+    ref_model = copy.deepcopy(model)
+    opt = LoRAProAdamW(model, lr=1e-2, weight_decay=0.1)
+    ref = torch.optim.AdamW([p for p in ref_model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    for step in range(4):
+        if step == 2:
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.clone()  # fresh storage, as moving the model would give
+        batch = _batch(tok, seed=step)
+        for m in (model, ref_model):
+            m.zero_grad(set_to_none=True)
+            m(**batch).loss.backward()
+        for pair in find_lora_pairs(ref_model):
+            pair.A.grad, pair.B.grad = _adjust_gradients_reference(pair.A, pair.B, pair.A.grad, pair.B.grad,
+                                                                   pair.scaling)
+        opt.step()
+        ref.step()
+    assert _rel(_updates(model, before), _updates(ref_model, before)) < 1e-10
+    pair = find_lora_pairs(model)[0]
+    assert pair.A.untyped_storage().nbytes() > pair.A.numel() * pair.A.element_size()  # a view of a stack
+    model.save_pretrained(tmp_path)
+    saved = load_file(str(tmp_path / "adapter_model.safetensors"))
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert len(saved) == len(lora)
+    for name, tensor in saved.items():
+        live = next(p for n, p in lora.items() if n.replace(".default", "").endswith(name.split("model.", 1)[1]))
+        assert torch.equal(tensor, live.detach()), name
+
+
 @pytest.mark.parametrize("mode", ["efficient", "full"])
 def test_trains_tiny_peft_model(mode):
     model, tok = _peft_tiny()
