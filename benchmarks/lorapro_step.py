@@ -23,6 +23,7 @@ Without the peer environment the peer comparison is skipped with a message. Timi
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -71,17 +72,18 @@ def time_steps(model, opt, grads, repeats: int, warmup: int = 3) -> float:
 
 
 def time_interleaved(model, opts: dict, grads, repeats: int, warmup: int = 3,
-                     cpu: dict[str, float] | None = None) -> dict[str, float]:
+                     cpu: dict[str, float] | None = None, models: dict | None = None) -> dict[str, float]:
     """Median ms per optimizer, measured round-robin so load on a shared machine hits all alike.
 
     ``cpu``, if given, receives the median CPU time (``time.thread_time``, this thread only) per step:
-    on a shared machine it is far less affected by other processes than the wall clock.
+    on a shared machine it is far less affected by other processes than the wall clock. ``models`` maps
+    an optimizer's name to its own model where it must not share ``model``.
     """
     times: dict[str, list[float]] = {k: [] for k in opts}
     cpu_times: dict[str, list[float]] = {k: [] for k in opts}
     for i in range(warmup + repeats):
         for name, opt in opts.items():
-            set_grads(model, grads)
+            set_grads((models or {}).get(name, model), grads)
             c0, t0 = time.thread_time(), time.perf_counter()
             opt.step()
             dt, dc = time.perf_counter() - t0, time.thread_time() - c0
@@ -107,9 +109,9 @@ def state_bytes(opt) -> int:
 
 
 def work_bytes(opt) -> int:
-    """Reused work buffers of LoRAProAdamW's stacked path (not state; freed with the optimizer)."""
-    return sum(t.numel() * t.element_size() for st in getattr(opt, "_stacks", {}).values()
-               for t in (st.value, st.grad, st.work))
+    """Reused work buffers of LoRAProAdamW's batched path (not state; freed with the optimizer)."""
+    return sum(t.numel() * t.element_size() for buf in getattr(opt, "_buffers", {}).values()
+               for t in buf.tensors.values())
 
 
 def lora_state(model) -> dict[str, torch.Tensor]:
@@ -196,16 +198,21 @@ def main() -> None:
     kinds = {"adamw": ("adamw", {}), "efficient": ("efficient", {}), "full": ("full", {}),
              "adamw_fused": ("adamw", {"fused": True}), "efficient_fused": ("efficient", {"fused": True})}
 
+    # the two efficient LoRAProAdamW each re-home the LoRA factors into their own stacked storage, so the
+    # second one steps its own copy of the model (on one model each would rebuild its stacks every step)
+    models = {"efficient_fused": copy.deepcopy(model)}
+
     def fresh_kind(name: str):
         kind, extra = kinds[name]
-        model.load_state_dict(start, strict=False)
+        own = models.get(name, model)
+        own.load_state_dict(start, strict=False)
         if kind == "adamw":
             return torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0, **extra)
-        return LoRAProAdamW(model, lr=args.lr, weight_decay=0.0, mode=kind, **extra)
+        return LoRAProAdamW(own, lr=args.lr, weight_decay=0.0, mode=kind, **extra)
 
     opts = {name: fresh_kind(name) for name in kinds}
     cpu: dict[str, float] = {}
-    for kind, ms in time_interleaved(model, opts, grads, args.repeats, cpu=cpu).items():
+    for kind, ms in time_interleaved(model, opts, grads, args.repeats, cpu=cpu, models=models).items():
         results[f"{kind}_ms"] = ms
         results[f"{kind}_cpu_ms"] = cpu[kind]
         results[f"{kind}_state_bytes"] = state_bytes(opts[kind])

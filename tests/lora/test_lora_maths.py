@@ -8,6 +8,8 @@ import scipy.linalg
 import torch
 
 from carelab.lora.lorapro import (
+    _adjust_gradients_reference,
+    _adjust_stacks,
     adjust_gradient_b_only,
     adjust_gradients,
     equivalent_gradient,
@@ -151,3 +153,28 @@ def test_tiny_b_stays_finite_and_batched_equals_single():
 def test_zero_scaling_is_refused():
     with pytest.raises(ValueError, match="scaling"):
         adjust_gradients(torch.ones(2, 3), torch.ones(4, 2), torch.ones(2, 3), torch.ones(4, 2), 0.0)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_joined_stacks_equal_the_two_eigh_reference(dtype, tol):
+    """The optimizer's path (stacks of several shapes, r×r algebra joined into one batch, reused out/scratch
+    buffers) gives the original per-layer two-``eigh`` closed form."""
+    gen = torch.Generator().manual_seed(3)
+    r, stacks, outs = 4, [], []
+    for count, m, n in [(3, 12, 7), (2, 9, 11), (1, 16, 6)]:
+        A = torch.randn(count, r, n, generator=gen, dtype=f64).to(dtype)
+        B = (0.3 * torch.randn(count, m, r, generator=gen, dtype=f64)).to(dtype)
+        gA, gB = (torch.randn(t.shape, generator=gen, dtype=f64).to(dtype) for t in (A, B))
+        stacks.append((A, B, gA, gB, torch.linspace(0.5, 4.0, count)))
+        outs.append((torch.empty_like(A), torch.empty_like(B), gB))  # g_B spent as scratch, as the optimizer does
+    expected = [_adjust_gradients_reference(*st) for st in stacks]
+    raw_b = [st[3].clone() for st in stacks]
+    joined = _adjust_stacks(stacks, None, outs)
+
+    def rel(x, y):  # relative Frobenius error, as the optimizer tests measure updates
+        return float((x.double() - y.double()).norm() / y.double().norm())
+
+    for (A, B, gA, _, s), gB, (na, nb), (ra, rb) in zip(stacks, raw_b, joined, expected, strict=True):
+        assert max(rel(na, ra), rel(nb, rb)) < tol
+        alone = adjust_gradients(A, B, gA, gB, s)  # the public per-call form: the same numbers
+        torch.testing.assert_close((na, nb), alone)

@@ -115,6 +115,71 @@ def test_efficient_step_is_adamw_on_the_reference_per_layer_adjustment(dtype, op
     assert float(state["step"]) == 5.0 and state["exp_avg"].shape == find_lora_pairs(model)[0].A.shape
 
 
+def _against_reference(steps: int, after_backward):
+    """float64 tiny model stepped by LoRAProAdamW and a twin by torch AdamW on the reference per-layer
+    adjustment, same batches; ``after_backward(step, model)`` may alter either. Returns (model, opt, ref,
+    relative L2 of the two updates)."""
+    model, tok = _peft_tiny()
+    model.to(torch.float64)
+    ref_model = copy.deepcopy(model)
+    opt = LoRAProAdamW(model, lr=1e-2, weight_decay=0.1)
+    ref = torch.optim.AdamW([p for p in ref_model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    for step in range(steps):
+        batch = _batch(tok, seed=step)
+        for m in (model, ref_model):
+            m.zero_grad(set_to_none=True)
+            m(**batch).loss.backward()
+            after_backward(step, m)
+        for pair in find_lora_pairs(ref_model):
+            if pair.A.grad is not None:
+                pair.A.grad, pair.B.grad = _adjust_gradients_reference(pair.A, pair.B, pair.A.grad, pair.B.grad,
+                                                                       pair.scaling)
+        opt.step()
+        ref.step()
+    return model, opt, ref, _rel(_updates(model, before), _updates(ref_model, before))
+
+
+def test_layers_without_gradients_at_some_steps_keep_their_own_step_counts():
+    """Layers that miss steps (no gradient) have other Adam step counts than their shape group: the batched
+    step still equals torch's AdamW on the reference adjustment (float64, 6 steps, some skipped)."""
+
+    def skip_some(step, m):
+        for i, pair in enumerate(find_lora_pairs(m)):
+            if (i + step) % 3 == 0:  # this layer sits this step out
+                pair.A.grad = pair.B.grad = None
+
+    model, opt, ref, rel = _against_reference(6, skip_some)
+    assert rel < 1e-10
+    steps = {float(opt.state[pair.A]["step"]) for pair in find_lora_pairs(model)}
+    assert steps == {4.0}  # each layer skipped 2 of the 6 steps, at different steps
+    assert {float(ref.state[p]["step"]) for p in ref.state if p.dim() == 2} == steps
+
+
+def test_rehomed_factors_save_and_survive_reallocation(tmp_path):
+    """The efficient step makes each lora_A/lora_B a view of stacked storage: the adapter still saves with
+    safetensors and reloads equal, and storage replaced between steps (as ``model.to`` does) is noticed —
+    the updates stay torch's AdamW on the reference adjustment (float64)."""
+    from safetensors.torch import load_file
+
+    def reallocate(step, m):
+        if step == 2:
+            for p in m.parameters():
+                if p.requires_grad:
+                    p.data = p.data.clone()  # fresh storage, as moving the model would give
+
+    model, _, _, rel = _against_reference(4, reallocate)
+    assert rel < 1e-10
+    pair = find_lora_pairs(model)[0]
+    assert pair.A.untyped_storage().nbytes() > pair.A.numel() * pair.A.element_size()  # a view of a stack
+    model.save_pretrained(tmp_path)
+    saved = load_file(str(tmp_path / "adapter_model.safetensors"))
+    lora = {n.replace(".default", ""): p for n, p in model.named_parameters() if "lora_" in n}
+    assert saved.keys() == lora.keys()
+    for name, tensor in saved.items():
+        assert torch.equal(tensor, lora[name].detach()), name
+
+
 @pytest.mark.parametrize("mode", ["efficient", "full"])
 def test_trains_tiny_peft_model(mode):
     model, tok = _peft_tiny()

@@ -20,9 +20,10 @@ Maths (PEFT layout ``W = W0 + s·B·A``, ``B ∈ R^{m×r}``, ``A ∈ R^{r×n}``)
   ``{B·Y + Z·A}``); the X that keeps (g_A', g_B') closest to the raw gradients solves the Sylvester
   equation ``BᵀB·X + X·AAᵀ = −(1/s²)(BᵀB)⁻¹ g_A Aᵀ``.
 
-Both r×r Gram matrices are symmetric PSD, so one ``eigh`` each gives damped inverses (damping relative
-to the trace, so B = 0 at initialisation stays finite) and the Sylvester solution. Nothing m×m or
-n×n is formed: ``P_B·M`` is computed as ``B·((BᵀB)⁻¹(BᵀM))``.
+Both r×r Gram matrices are symmetric PSD: one ``eigh`` of AAᵀ splits the Sylvester equation into r
+shifted SPD systems, solved with BᵀB's own inverse by one batched Cholesky (damping relative to the
+trace, so B = 0 at initialisation stays finite). Nothing m×m or n×n is formed: ``P_B·M`` is computed
+as ``B·((BᵀB)⁻¹(BᵀM))``. The optimizer solves the r×r algebra of all layers of a model in one batch.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.optim.optimizer import _get_scalar_dtype
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 log = logging.getLogger(__name__)
 
@@ -135,34 +137,68 @@ def adjust_gradients(
         ``(new_grad_A, new_grad_B)`` in the dtype of ``grad_A``/``grad_B``; computed in float32 (float64
         if any input is float64) whatever the parameter dtype, the r×r algebra in float64. Finite at B = 0.
 
-    The m×n-sized work is four Gram-type products and two fused products; the r×r algebra is batched:
+    The m×n-sized work is four Gram-type products and four update products; the r×r algebra is batched:
     one ``eigh`` of AAᵀ (whose eigenvectors also diagonalise the Sylvester equation column by column)
-    and Cholesky factorisations for BᵀB and the r shifted systems (BᵀB + μ_j I)·y_j = c_j, an order of
-    magnitude cheaper on CPU than the per-matrix ``eigh`` LAPACK calls of :func:`_adjust_gradients_reference`.
+    and one Cholesky of BᵀB with the r shifted systems (BᵀB + μ_j I)·y_j = c_j, inverted by one batched
+    triangular solve: much cheaper on CPU than the per-matrix ``eigh`` LAPACK calls of
+    :func:`_adjust_gradients_reference`.
     """
     out_dtype_a, out_dtype_b = grad_A.dtype, grad_B.dtype
     dtype = _compute_dtype(A, B, grad_A, grad_B)
     damp = _default_damping(dtype) if damping is None else damping
     a, b, gA, gB = (t.detach().to(dtype) for t in (A, B, grad_A, grad_B))
     s = _as_scale(scaling, a)
-    factors = _pro_factors(b.mT @ b, a @ a.mT, gA @ a.mT, b.mT @ gB, s, damp, _FLOOR[dtype], x)
+    factors = _pro_factors(*_gram_products(a, b, gA, gB), s, damp, _FLOOR[dtype], x)
     if factors is None:
         return _adjust_gradients_reference(A, B, grad_A, grad_B, scaling, x=x, damping=damping)
-    A, B = a, b
-    left_a, x, right_b, mix_b = (f.to(dtype) for f in factors)
-    # g_A' = [(1/s²)(BᵀB)⁻¹] g_A + X·A ;  g_B' = g_B [(1/s²)(AAᵀ)⁻¹] − B·[(1/s²)(BᵀB)⁻¹(Bᵀg_B)(AAᵀ)⁻¹ + X]
-    new_a = torch.matmul(left_a, gA, out=None if out is None else out[0])
-    new_b = torch.matmul(gB, right_b, out=None if out is None else out[1])
-    if A.dim() == 3:
-        new_a.baddbmm_(x, A)
-        new_b.baddbmm_(B, mix_b, alpha=-1)
-    elif A.dim() == 2:
-        new_a.addmm_(x, A)
-        new_b.addmm_(B, mix_b, alpha=-1)
-    else:
-        new_a.add_(x @ A)
-        new_b.sub_(B @ mix_b)
+    new_a, new_b = _apply_factors(a, b, gA, gB, factors, out)
     return new_a.to(out_dtype_a), new_b.to(out_dtype_b)
+
+
+def _gram_products(a, b, grad_a, grad_b) -> tuple[torch.Tensor, ...]:
+    """The four r×r products the closed form needs from the m×r / r×n factors: BᵀB, AAᵀ, g_A·Aᵀ, Bᵀ·g_B."""
+    return b.mT @ b, a @ a.mT, grad_a @ a.mT, b.mT @ grad_b
+
+
+def _apply_factors(a, b, grad_a, grad_b, factors, out=None, scratch=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``g_A' = left_a·g_A + X·A`` and ``g_B' = g_B·right_b − B·mix_b`` in the dtype of ``a``.
+
+    For stacks of layers (3-D) the B side adds two products instead of accumulating into one: on CPU an
+    accumulating batched product with only r output columns is slower than a second product plus an add.
+    ``scratch`` (shaped like ``b``) may hold that second product; without it one is allocated.
+    """
+    # g_A' = [(1/s²)(BᵀB)⁻¹] g_A + X·A ;  g_B' = g_B [(1/s²)(AAᵀ)⁻¹] − B·[(1/s²)(BᵀB)⁻¹(Bᵀg_B)(AAᵀ)⁻¹ + X]
+    left_a, x, right_b, mix_b = (f.to(a.dtype) for f in factors)
+    out_a, out_b = (None, None) if out is None else out
+    new_a = torch.matmul(left_a, grad_a, out=out_a)
+    new_b = torch.matmul(grad_b, right_b, out=out_b)
+    if a.dim() == 3:
+        return new_a.baddbmm_(x, a), new_b.sub_(torch.bmm(b, mix_b, out=scratch))
+    if a.dim() == 2:
+        return new_a.addmm_(x, a), new_b.addmm_(b, mix_b, alpha=-1)
+    return new_a.add_(x @ a), new_b.sub_(b @ mix_b)
+
+
+def _adjust_stacks(stacks: list[tuple[torch.Tensor, ...]], damping: float | None,
+                   outs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]) -> list[tuple[torch.Tensor, ...]]:
+    """:func:`adjust_gradients` for several stacks of equal-shape layers (``(A, B, g_A, g_B, s)`` each, all of
+    one rank and compute dtype) with the r×r algebra of all of them in one batch.
+
+    The r×r work is a fixed number of small ops and LAPACK calls per batch, so solving every layer of a
+    model together instead of per shape group divides that overhead. ``outs`` holds optional
+    ``(new_A, new_B, scratch)`` buffers per stack.
+    """
+    dtype = _compute_dtype(*stacks[0][:4])
+    damp = _default_damping(dtype) if damping is None else damping
+    grams = [_gram_products(*st[:4]) for st in stacks]
+    scales = torch.cat([st[4].to(dtype).reshape(-1) for st in stacks])[:, None, None]
+    factors = _pro_factors(*(torch.cat(parts) for parts in zip(*grams, strict=True)), scales, damp, _FLOOR[dtype])
+    if factors is None:
+        return [_adjust_gradients_reference(*st, damping=damping) for st in stacks]
+    sizes = [st[0].shape[0] for st in stacks]
+    per_stack = zip(*(f.split(sizes) for f in factors), strict=True)
+    return [_apply_factors(*st[:4], parts, None if o is None else o[:2], None if o is None else o[2])
+            for st, parts, o in zip(stacks, per_stack, outs, strict=True)]
 
 
 def _pro_factors(btb, aat, ga_at, bt_gb, s, damping: float, floor: float, x=None):
@@ -182,19 +218,22 @@ def _pro_factors(btb, aat, ga_at, bt_gb, s, damping: float, floor: float, x=None
     inv_q = (V / mu.unsqueeze(-2)) @ V.mT
     trace_p = P.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0)
     p_damped = P + (trace_p * (damping / r) + floor)[..., None, None] * eye
-    chol_p, info = torch.linalg.cholesky_ex(p_damped)
+    # BᵀB and, for the Sylvester X, the r shifted BᵀB + μ_j I: one batched Cholesky, and their inverses by
+    # one batched triangular solve (on 8×8 batches LAPACK's per-matrix potri/potrs cost more than both)
+    systems = p_damped.unsqueeze(-3)
+    if x is None:
+        systems = torch.cat([systems, systems + mu[..., :, None, None] * eye], dim=-3)
+    chol, info = torch.linalg.cholesky_ex(systems)
     if bool(info.any()):
         return None
+    tri_inv = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
+    inverses = tri_inv.mT @ tri_inv
     inv_s2 = 1.0 / (s.to(f64) * s.to(f64)) if torch.is_tensor(s) else 1.0 / (s * s)
-    left_a = inv_s2 * torch.cholesky_inverse(chol_p)
+    left_a = inv_s2 * inverses[..., 0, :, :]
     right_b = inv_s2 * inv_q
     if x is None:
         cv = -(left_a @ CA) @ V  # C·V with C = −(1/s²)(BᵀB)⁻¹ g_A Aᵀ
-        shifted = p_damped.unsqueeze(-3) + mu[..., :, None, None] * eye  # (…, j, r, r): P + μ_j I
-        chol_s, info = torch.linalg.cholesky_ex(shifted)
-        if bool(info.any()):
-            return None
-        y = torch.cholesky_solve(cv.mT.unsqueeze(-1), chol_s).squeeze(-1).mT  # column j solves system j
+        y = (inverses[..., 1:, :, :] @ cv.mT.unsqueeze(-1)).squeeze(-1).mT  # column j solves system j
         x = y @ V.mT
     else:
         x = x.to(f64)
@@ -441,70 +480,91 @@ def adjust_model_gradients(model_or_pairs: nn.Module | Iterable[LoRAPair], *, da
 
 
 def _stackable(group: dict) -> bool:
-    """Param groups whose AdamW arithmetic the stacked step reproduces (the common case)."""
+    """Param groups whose AdamW arithmetic the batched step reproduces (the common case)."""
     return not (group.get("amsgrad") or group.get("maximize") or group.get("capturable")
                 or group.get("differentiable") or not group.get("decoupled_weight_decay", True))
 
 
-@dataclass
+def _fused_kernel_runs(p: torch.Tensor) -> bool:
+    """Whether torch's fused AdamW kernel exists for this parameter's device and dtype."""
+    return p.is_floating_point() and p.device.type in _get_fused_kernels_supported_devices()
+
+
+class _Buffers:
+    """Reused stacked tensors of one bucket of equal-shape pairs: factors, raw and adjusted gradients.
+
+    Work memory, not optimizer state: allocating ~30 MiB afresh at every step costs page faults.
+    """
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        t = self.tensors.get(name)
+        if t is None or t.shape != shape or t.dtype != dtype or t.device != device:
+            t = self.tensors[name] = torch.empty(shape, dtype=dtype, device=device)
+        return t
+
+
 class _Stack:
-    """Stacked AdamW state of equal-shape parameters: moments (the per-parameter ``exp_avg``/``exp_avg_sq``
-    state entries are views of these), the per-parameter step tensors, and reused work buffers."""
+    """Equal-shape parameters of one param group re-homed into one tensor, with their AdamW state stacked.
 
-    key: tuple
-    params: list[nn.Parameter]
-    exp_avg: torch.Tensor
-    exp_avg_sq: torch.Tensor
-    views: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (exp_avg_i, exp_avg_sq_i, step_i)
-    value: torch.Tensor  # stacked parameter values
-    grad: torch.Tensor  # stacked raw gradients, then AdamW's denominator
-    work: torch.Tensor  # adjusted gradients (compute dtype)
-    step: float
+    ``value[i]`` *is* parameter i's storage (``p.data`` is a view of it), and its ``exp_avg``/``exp_avg_sq``/
+    ``step`` state entries are views of stacked moments and one step vector. So the batched solve reads
+    the factors without copying them, and AdamW is one fused call on the stack instead of one per
+    parameter, with nothing to copy back. The state stays torch AdamW's per-parameter state (views), so
+    ``state_dict`` and checkpoints are AdamW's; anything that replaces a parameter's storage or state
+    entry (``model.to``, ``load_state_dict``) is noticed and the stack rebuilt from the current values.
+    """
 
-    @classmethod
-    def build(cls, key: tuple, params: list[nn.Parameter], states: list[dict]) -> _Stack:
-        exp_avg = torch.stack([s["exp_avg"] for s in states])
-        exp_avg_sq = torch.stack([s["exp_avg_sq"] for s in states])
-        views = []
-        for i, state in enumerate(states):
-            state["exp_avg"], state["exp_avg_sq"] = exp_avg[i], exp_avg_sq[i]
-            views.append((state["exp_avg"], state["exp_avg_sq"], state["step"]))
-        value = torch.empty_like(exp_avg)
-        return cls(key, list(params), exp_avg, exp_avg_sq, views, value, torch.empty_like(value),
-                   torch.empty_like(value, dtype=_compute_dtype(value)), float(states[0]["step"]))
+    def __init__(self, params: list[nn.Parameter], states: list[dict]) -> None:
+        p0 = params[0]
+        for p, state in zip(params, states, strict=True):
+            if not state:  # created lazily, as torch.optim.AdamW does (step as its fused path keeps it)
+                state["step"] = torch.zeros((), dtype=_get_scalar_dtype(is_fused=True), device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        self.params = list(params)
+        self.value = torch.stack([p.detach() for p in params])
+        for p, view in zip(params, self.value.unbind(0), strict=True):
+            p.data = view
+        self.exp_avg = torch.stack([st["exp_avg"] for st in states])
+        self.exp_avg_sq = torch.stack([st["exp_avg_sq"] for st in states])
+        self.steps = torch.stack([st["step"].detach().to(device=p0.device, dtype=_get_scalar_dtype(is_fused=True))
+                                  for st in states])
+        for st, m, v, t in zip(states, self.exp_avg.unbind(0), self.exp_avg_sq.unbind(0), self.steps.unbind(0),
+                               strict=True):
+            st["exp_avg"], st["exp_avg_sq"], st["step"] = m, v, t
+        self.views = [(st["exp_avg"], st["exp_avg_sq"], st["step"]) for st in states]
+        self.ptrs = [p.data_ptr() for p in params]
+        self.uniform = len({float(t) for t in self.steps}) == 1  # all at one step: one kernel call suffices
 
-    def is_current(self, state: dict) -> bool:
-        """False once anything replaced the per-parameter state (``load_state_dict``, manual edits)."""
-        for p, (m, v, t) in zip(self.params, self.views, strict=True):
-            st = state.get(p)
-            if st is None or st.get("exp_avg") is not m or st.get("exp_avg_sq") is not v or st.get("step") is not t:
-                return False
-        return True
+    @staticmethod
+    def usable(states: list[dict]) -> bool:
+        """States the stack can adopt: fresh, or exactly AdamW's three entries."""
+        return all(not st or (st.keys() == {"step", "exp_avg", "exp_avg_sq"}) for st in states)
 
+    def is_current(self, params: list[nn.Parameter], states: list[dict]) -> bool:
+        """False once anything replaced a parameter's storage or a state entry."""
+        return len(params) == len(self.params) and all(
+            p is q and p.data_ptr() == ptr and st.get("exp_avg") is m and st.get("exp_avg_sq") is v
+            and st.get("step") is t
+            for p, q, ptr, st, (m, v, t) in zip(params, self.params, self.ptrs, states, self.views, strict=True))
 
-def _stacked_adamw(st: _Stack, grad: torch.Tensor, group: dict) -> None:
-    """One AdamW step on stacked tensors, op for op torch's single-tensor AdamW (or its fused kernel)."""
-    steps = [t for _, _, t in st.views]
-    torch._foreach_add_(steps, 1)
-    st.step += 1
-    lr = float(group["lr"])
-    beta1, beta2 = (float(b) for b in group["betas"])
-    wd, eps = group["weight_decay"], group["eps"]
-    grad = grad.to(st.value.dtype)
-    if group.get("fused"):
-        torch._fused_adamw_([st.value], [grad], [st.exp_avg], [st.exp_avg_sq], [], [steps[0]], lr=lr, beta1=beta1,
-                            beta2=beta2, weight_decay=wd, eps=eps, amsgrad=False, maximize=False)
-    else:
-        if wd != 0:
-            st.value.mul_(1 - lr * wd)
-        st.exp_avg.lerp_(grad, 1 - beta1)
-        st.exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        bias_correction1 = 1 - beta1**st.step
-        bias_correction2_sqrt = (1 - beta2**st.step) ** 0.5
-        # the raw stacked gradients are spent once adjusted: their buffer holds the denominator
-        denom = torch.sqrt(st.exp_avg_sq, out=st.grad).div_(bias_correction2_sqrt).add_(eps)
-        st.value.addcdiv_(st.exp_avg, denom, value=-(lr / bias_correction1))
-    torch._foreach_copy_(st.params, list(st.value.unbind(0)))
+    def adamw(self, grad: torch.Tensor, group: dict) -> None:
+        """One AdamW step of the stacked parameters with ``grad`` (stacked), by torch's fused kernel."""
+        self.steps.add_(1)
+        grad = grad.to(self.value.dtype)
+        if self.uniform:
+            tensors = [self.value], [grad], [self.exp_avg], [self.exp_avg_sq], [self.views[0][2]]
+        else:  # layers that missed steps: per-parameter step counts, still one call
+            tensors = (list(self.value.unbind(0)), list(grad.unbind(0)), list(self.exp_avg.unbind(0)),
+                       list(self.exp_avg_sq.unbind(0)), [t for _, _, t in self.views])
+        value, grads, exp_avg, exp_avg_sq, steps = tensors
+        beta1, beta2 = (float(b) for b in group["betas"])
+        torch._fused_adamw_(value, grads, exp_avg, exp_avg_sq, [], steps, lr=float(group["lr"]), beta1=beta1,
+                            beta2=beta2, weight_decay=float(group["weight_decay"]), eps=float(group["eps"]),
+                            amsgrad=False, maximize=False)
 
 
 class LoRAProAdamW(torch.optim.AdamW):
@@ -574,6 +634,7 @@ class LoRAProAdamW(torch.optim.AdamW):
 
             warn("LoRAProAdamW found no LoRA pairs among its parameters; it acts as plain AdamW")
         self._group_of = {p: g for g in self.param_groups for p in g["params"]}
+        self._buffers: dict[tuple, _Buffers] = {}
         self._stacks: dict[tuple, _Stack] = {}
         if mode == "full":
             for pair in self.pairs:
@@ -601,16 +662,9 @@ class LoRAProAdamW(torch.optim.AdamW):
             self._efficient_step()
             return loss
 
-        # full mode: A/B are hidden from AdamW (grad None) and updated here
+        # full mode: A/B are updated here, AdamW steps the rest
         live = [pr for pr in self.pairs if pr.A.grad is not None and pr.B.grad is not None]
-        raw = {p: p.grad for pr in live for p in (pr.A, pr.B)}
-        try:
-            for p in raw:
-                p.grad = None
-            super().step()
-        finally:
-            for p, g in raw.items():
-                p.grad = g
+        self._plain_adamw_step(skip={p for pr in live for p in (pr.A, pr.B)}, grads={})
         self._full_step(live)
         return loss
 
@@ -619,13 +673,13 @@ class LoRAProAdamW(torch.optim.AdamW):
     def _efficient_step(self) -> None:
         """Adjusted gradients + AdamW, batched over layers of equal shape.
 
-        Pairs are grouped by (kind, shapes, dtype, device, param groups); each group's factors and
-        gradients are stacked once, adjusted in one batched solve, and stepped by AdamW on the stacked
-        tensors (moments kept stacked; each parameter's state entries are views of them), then copied
-        back with one ``_foreach_copy_``. The arithmetic is torch's single-tensor AdamW (or its fused
-        kernel when ``fused=True``), so updates equal "AdamW on the adjusted gradients". Pairs that cannot
-        be stacked (amsgrad, maximize, differentiable, capturable groups; unequal step counts) and
-        non-LoRA parameters take the per-parameter path through ``torch.optim.AdamW.step``.
+        Pairs are grouped by (kind, shapes, dtype, device, param groups). Each group's trainable factors
+        live in a :class:`_Stack` (parameters re-homed into one tensor, AdamW state stacked), its
+        gradients are stacked into reused buffers, the r×r algebra of all groups is solved in one batch,
+        and each stack takes one call of torch's fused AdamW kernel. Same arithmetic as torch's
+        per-parameter AdamW on the adjusted gradients (to float rounding). Pairs in groups the kernel does
+        not reproduce (amsgrad, maximize, differentiable, capturable), on devices without it, or with
+        state from another optimizer, and non-LoRA parameters, take ``torch.optim.AdamW.step``.
         """
         buckets: dict[tuple, list[LoRAPair]] = {}
         per_param: list[LoRAPair] = []
@@ -634,32 +688,49 @@ class LoRAProAdamW(torch.optim.AdamW):
             if kind is None:
                 continue
             groups = [self._group_of.get(p) for p in owned]
-            if any(g is None or not _stackable(g) for g in groups):
+            if (any(g is None or not _stackable(g) for g in groups) or not _fused_kernel_runs(pair.A)
+                    or not _Stack.usable([self.state[p] for p in owned])):
                 per_param.append(pair)
                 continue
-            key = (kind, tuple(pair.A.shape), tuple(pair.B.shape), pair.A.dtype, pair.A.device,
-                   *(id(g) for g in groups))
-            buckets.setdefault(key, []).append(pair)
-        stepped: list[nn.Parameter] = []
-        live_stacks: set[tuple] = set()
-        for key, pairs in buckets.items():
-            done = self._stacked_bucket_step(key[0], pairs, live_stacks)
-            if done is None:
-                per_param.extend(pairs)
-            else:
-                stepped.extend(done)
-        self._stacks = {k: v for k, v in self._stacks.items() if k in live_stacks}
-        new = adjusted_pair_gradients(per_param, damping=self.damping) if per_param else {}
-        raw = {p: p.grad for p in (*stepped, *new)}
+            buckets.setdefault((*_stack_key(pair, kind), *(id(g) for g in groups)), []).append(pair)
+        self._buffers = {key: self._buffers.get(key) or _Buffers() for key in buckets}
+        stacks = {key: self._stacks_of(key[0], pairs) for key, pairs in buckets.items()}
+        self._stacks = {tuple(id(p) for p in st.params): st for sts in stacks.values() for st in sts.values()}
+        for stack, grad in self._adjusted_buckets(buckets, stacks):
+            stack.adamw(grad, self._group_of[stack.params[0]])
+        adjusted = adjusted_pair_gradients(per_param, damping=self.damping) if per_param else {}
+        self._plain_adamw_step(skip={p for st in self._stacks.values() for p in st.params}, grads=adjusted)
+
+    def _stacks_of(self, kind: str, pairs: list[LoRAPair]) -> dict[str, _Stack]:
+        """The stacks of a bucket's trainable factors ("A", "B"), reused while current, else rebuilt."""
+        out = {}
+        for name in {"ab": "AB", "a": "A", "b": "B"}[kind]:
+            params = [getattr(p, name) for p in pairs]
+            states = [self.state[p] for p in params]
+            st = self._stacks.get(tuple(id(p) for p in params))
+            out[name] = st if st is not None and st.is_current(params, states) else _Stack(params, states)
+        return out
+
+    def _plain_adamw_step(self, skip: set[nn.Parameter], grads: dict[nn.Parameter, torch.Tensor]) -> None:
+        """``torch.optim.AdamW.step`` on the parameters not in ``skip`` that have a gradient, with ``grads``
+        standing in for their ``.grad`` during the step; skipped entirely when there are none."""
+        rest = [[p for p in g["params"] if p not in skip and (p in grads or p.grad is not None)]
+                for g in self.param_groups]
+        if not any(rest):
+            return
+        saved = [(g, g["params"]) for g in self.param_groups]
+        raw = {p: p.grad for p in grads}
         try:
-            for p in stepped:
-                p.grad = None
-            for p, g in new.items():
-                p.grad = g
+            for g, params in zip(self.param_groups, rest, strict=True):
+                g["params"] = params
+            for p, grad in grads.items():
+                p.grad = grad
             super().step()
         finally:
-            for p, g in raw.items():
-                p.grad = g
+            for g, params in saved:
+                g["params"] = params
+            for p, grad in raw.items():
+                p.grad = grad
 
     @staticmethod
     def _pair_kind(pair: LoRAPair) -> tuple[str | None, tuple[nn.Parameter, ...]]:
@@ -673,68 +744,46 @@ class LoRAProAdamW(torch.optim.AdamW):
             return "a", (pair.A,)
         return None, ()
 
-    def _stacked_bucket_step(self, kind: str, pairs: list[LoRAPair], live: set[tuple]) -> list[nn.Parameter] | None:
-        """Adjust and step one bucket; returns the parameters it stepped, or None (nothing done) if its
-        Adam state cannot be stacked."""
-        a_list, b_list = [p.A for p in pairs], [p.B for p in pairs]
-        owned = {"ab": (a_list, b_list), "b": (b_list,), "a": (a_list,)}[kind]
-        stacks = [self._stack_for(params) for params in owned]
-        if any(st is None for st in stacks):
-            return None
-        live.update(st.key for st in stacks)
-        scales = [p.scaling for p in pairs]
-        if 0.0 in scales:
-            raise ValueError(f"{pairs[scales.index(0.0)].name}: LoRA scaling is 0; nothing to adjust")
-        s = torch.tensor(scales, device=pairs[0].A.device)
-        st_of = dict(zip([id(x) for x in owned], stacks, strict=True))
-        # stacked parameter values: the adjustment reads them, AdamW updates them in place
-        a_val = st_of[id(a_list)].value if id(a_list) in st_of else torch.stack(a_list)
-        b_val = st_of[id(b_list)].value if id(b_list) in st_of else torch.stack(b_list)
-        if id(a_list) in st_of:
-            torch.stack(a_list, out=a_val)
-        if id(b_list) in st_of:
-            torch.stack(b_list, out=b_val)
-        if kind == "ab":
-            sa, sb = st_of[id(a_list)], st_of[id(b_list)]
-            torch.stack([p.grad for p in a_list], out=sa.grad)
-            torch.stack([p.grad for p in b_list], out=sb.grad)
-            same = sa.grad.dtype == _compute_dtype(sa.grad)
-            na, nb = adjust_gradients(a_val, b_val, sa.grad, sb.grad, s, damping=self.damping,
-                                      out=(sa.work, sb.work) if same else None)
-            updates = [(sa, na), (sb, nb)]
-        elif kind == "b":
-            sb = st_of[id(b_list)]
-            nb = adjust_gradient_b_only(a_val, torch.stack([p.grad for p in b_list]), s, damping=self.damping)
-            updates = [(sb, nb)]
-        else:
-            sa = st_of[id(a_list)]
-            na = adjust_gradient_a_only(b_val, torch.stack([p.grad for p in a_list]), s, damping=self.damping)
-            updates = [(sa, na)]
-        for st, grad in updates:
-            _stacked_adamw(st, grad, self._group_of[st.params[0]])
-        return [p for params in owned for p in params]
+    def _adjusted_buckets(self, buckets: dict[tuple, list[LoRAPair]],
+                          stacks: dict[tuple, dict[str, _Stack]]) -> list[tuple[_Stack, torch.Tensor]]:
+        """(stack, its adjusted gradients) for every trainable factor in ``buckets``: gradients (and frozen
+        factors) stacked into each bucket's reused buffers, the r×r algebra of all "ab" buckets of one
+        rank, dtype and device solved in one batch."""
+        solve: dict[tuple, list[tuple]] = {}
+        done: list[tuple[_Stack, torch.Tensor]] = []
+        for key, pairs in buckets.items():
+            kind, buf, own = key[0], self._buffers[key], stacks[key]
+            scales = [p.scaling for p in pairs]
+            if 0.0 in scales:
+                raise ValueError(f"{pairs[scales.index(0.0)].name}: LoRA scaling is 0; nothing to adjust")
+            first = pairs[0]
+            dev, dtype, n = first.A.device, first.A.dtype, len(pairs)
+            s = torch.tensor(scales, device=dev)
 
-    def _stack_for(self, params: list[nn.Parameter]) -> _Stack | None:
-        """The stacked Adam state of ``params`` (built from, and then viewed by, their per-parameter state)."""
-        key = tuple(id(p) for p in params)
-        st = self._stacks.get(key)
-        if st is not None and st.is_current(self.state):
-            return st
-        states = [self.state[p] for p in params]
-        fused = bool(self._group_of[params[0]]["fused"])
-        for p, state in zip(params, states, strict=True):
-            if not state:  # lazily created exactly as torch.optim.AdamW does
-                state["step"] = (torch.zeros((), dtype=_get_scalar_dtype(is_fused=True), device=p.device) if fused
-                                 else torch.tensor(0.0, dtype=_get_scalar_dtype()))
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            elif not {"step", "exp_avg", "exp_avg_sq"} <= state.keys() or len(state) != 3:
-                return None
-        if len({float(state["step"]) for state in states}) != 1:
-            return None
-        st = _Stack.build(key, params, states)
-        self._stacks[key] = st
-        return st
+            def stacked(name: str, tensors: list[torch.Tensor], like: torch.Tensor, buf=buf, dev=dev, dtype=dtype,
+                        n=n) -> torch.Tensor:
+                return torch.stack(tensors, out=buf.get(name, (n, *like.shape), dtype, dev))
+
+            grad_a = stacked("grad_A", [p.A.grad for p in pairs], first.A) if "A" in own else None
+            grad_b = stacked("grad_B", [p.B.grad for p in pairs], first.B) if "B" in own else None
+            if kind == "ab":
+                work = _compute_dtype(first.A)
+                stack = (own["A"].value, own["B"].value, grad_a, grad_b, s)
+                # the raw g_B stack is spent once its products are taken: it holds the update's second product
+                out = ((buf.get("new_A", stack[0].shape, work, dev), buf.get("new_B", stack[1].shape, work, dev), grad_b)
+                       if work == dtype else None)
+                solve.setdefault((first.A.shape[0], work, dev), []).append((own, stack, out))
+            elif kind == "b":
+                frozen_a = stacked("A", [p.A.detach() for p in pairs], first.A)
+                done.append((own["B"], adjust_gradient_b_only(frozen_a, grad_b, s, damping=self.damping)))
+            else:
+                frozen_b = stacked("B", [p.B.detach() for p in pairs], first.B)
+                done.append((own["A"], adjust_gradient_a_only(frozen_b, grad_a, s, damping=self.damping)))
+        for items in solve.values():
+            adjusted = _adjust_stacks([it[1] for it in items], self.damping, [it[2] for it in items])
+            for (own, _, _), (new_a, new_b) in zip(items, adjusted, strict=True):
+                done.extend([(own["A"], new_a), (own["B"], new_b)])
+        return done
 
     def load_state_dict(self, state_dict) -> None:  # type: ignore[override]
         self._stacks = {}
