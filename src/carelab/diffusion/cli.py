@@ -112,6 +112,8 @@ def orders(
         fail(exc)
     for row in res["curves"]:
         typer.echo(" | ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items()))
+    if res["missing"]:
+        typer.echo(f"missing cells: {', '.join(res['missing'])}")
     typer.echo(f"report: {res['out'] / 'report.md'}")
 
 
