@@ -181,7 +181,7 @@ def write_orders_report(sweep_dir, out_dir=None, bootstrap: int = 2000, show_pro
     import matplotlib.pyplot as plt
 
     plt.close("all")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     ordered = [k for k in keys if parse_objective(k[0])[0] == "ordered"]
     for key in keys:
         obj = key[0]
@@ -197,6 +197,8 @@ def write_orders_report(sweep_dir, out_dir=None, bootstrap: int = 2000, show_pro
         axes[0].fill_between(es, [x.mean if x.lo is None else x.lo for x in ests],
                              [x.mean if x.hi is None else x.hi for x in ests], color=color, alpha=0.15)
         axes[1].plot(es, [m - min(means) for m in means], style, marker="o", color=color, label=label)
+        if kind != "mdm":  # each of k orders gets E/k of the passes: does k only slow the clock?
+            axes[2].plot([e / max(k, 1) for e in es], means, style, marker="o", color=color, label=label)
     for ax in axes:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("epochs over the U unique tokens")
@@ -205,6 +207,9 @@ def write_orders_report(sweep_dir, out_dir=None, bootstrap: int = 2000, show_pro
     axes[0].set_title("validation loss (95 % CI over sequences)")
     axes[1].set_ylabel("loss above the curve's own best")
     axes[1].set_title("repetition curve shape: turn-up after the best epoch")
+    axes[2].set_xlabel("passes in the left-to-right order (E / k)")
+    axes[2].set_ylabel("left-to-right validation loss (nats/byte)")
+    axes[2].set_title("AR family at equal left-to-right exposure")
     axes[0].legend(fontsize=7)
     save_figure(fig, out / "orders_val_loss.png")
 
