@@ -116,6 +116,7 @@ def test_orders_cli_trains_the_grid_and_reports_paired_intervals(tmp_path):
         assert json.loads((out / "runs" / rec["id"] / "val_per_sequence.json").read_text()) == per_seq[rec["id"]]
     report = (out / "orders-report" / "report.md").read_text()
     assert "AR, 2 orders − AR, 1 order" in report and "turn-up" in report
+    assert "| AR, 2 orders at E=2 − AR, 1 order at E=1 | xxs | 2,000 | " in report  # same left-to-right exposure
     assert (out / "orders-report" / "orders_val_loss.png").stat().st_size > 0
     r2 = CliRunner().invoke(app, args)  # resumes: nothing retrained
     assert r2.exit_code == 0 and len((out / "results.jsonl").read_text().splitlines()) == 8
@@ -126,6 +127,23 @@ def test_orders_cli_trains_the_grid_and_reports_paired_intervals(tmp_path):
     assert "mdm-xxs-U2000-E2" not in (out / "val_per_sequence.jsonl").read_text()
     r3 = CliRunner().invoke(app, [*args, "--orders", "1,2,3", "--no-train"])  # reports what finished, trains nothing
     assert r3.exit_code == 0 and len((out / "results.jsonl").read_text().splitlines()) == 8
+    narrow = CliRunner().invoke(app, [*args, "--epochs", "2", "--no-train"])  # the last --epochs wins
+    assert narrow.exit_code == 0, narrow.output  # the report covers the named grid only: E=1 runs stay out
+    assert "| E=1 |" not in (out / "orders-report" / "report.md").read_text()
+    r3 = CliRunner().invoke(app, [*args, "--orders", "1,2,3", "--no-train"])
+    report = (out / "orders-report" / "report.md").read_text()  # the partial grid names its gaps
+    assert "**Missing cells** (2 of" in report and "ar-k3-xxs-U2000-E1, ar-k3-xxs-U2000-E2" in report
+    assert "missing cells: ar-k3-xxs-U2000-E1, ar-k3-xxs-U2000-E2" in r3.output
+    kept = [x for x in (out / "results.jsonl").read_text().splitlines() if '"ar-k2-xxs-U2000-E2"' not in x]
+    (out / "results.jsonl").write_text("\n".join(kept) + "\n")  # a hole inside a curve: that objective ends at E=1
+    partial = CliRunner().invoke(app, [*args, "--no-train"])
+    assert partial.exit_code == 0, partial.output
+    report = (out / "orders-report" / "report.md").read_text()
+    assert "**Missing cells** (1 of" in report and "ar-k2-xxs-U2000-E2" in report
+    curve = next(line for line in report.splitlines() if line.startswith("| AR, 2 orders | xxs"))
+    assert curve.split(" | ")[5] == "1"  # E_max of the truncated curve, in the shared column
+    diff = next(line for line in report.splitlines() if line.startswith("| AR, 2 orders − AR, 1 order"))
+    assert diff.rstrip(" |").endswith("–")  # no paired difference where a cell is missing
     again = {x["id"]: x["losses"] for x in map(json.loads, (out / "val_per_sequence.jsonl").read_text().splitlines())}
     assert again["mdm-xxs-U2000-E2"] == pytest.approx(per_seq["mdm-xxs-U2000-E2"], rel=1e-6)
     bad = CliRunner().invoke(app, [*args[:4], "0", *args[5:]])

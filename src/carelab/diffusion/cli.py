@@ -110,8 +110,12 @@ def orders(
                                   skip=frozenset() if mdm_intervals else frozenset({"mdm"}))
     except (InputError, ValueError) as exc:
         fail(exc)
+    from carelab.report import fmt
+
     for row in res["curves"]:
-        typer.echo(" | ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items()))
+        typer.echo(" | ".join(f"{k}: {fmt(v, 3)}" for k, v in row.items()))
+    if res["missing"]:
+        typer.echo(f"missing cells: {', '.join(res['missing'])}")
     typer.echo(f"report: {res['out'] / 'report.md'}")
 
 
