@@ -34,6 +34,9 @@ VARIANTS: dict[str, dict] = {
     "shared-prompt+beta0": dict(batch_size=5, grad_accum=1, beta=0.0, share_prompt=True),
     "shared-prompt+beta0+mu2": dict(batch_size=5, grad_accum=1, beta=0.0, num_iterations=2, share_prompt=True),
     "shared-prompt+beta0+mu4": dict(batch_size=5, grad_accum=1, beta=0.0, num_iterations=4, share_prompt=True),
+    # freed activations returned to the OS (--release-freed-memory; generation keeps the heap)
+    "shared-prompt+beta0+mu2+unmap": dict(batch_size=5, grad_accum=1, beta=0.0, num_iterations=2, share_prompt=True,
+                                          release_freed_memory=True),
 }
 
 

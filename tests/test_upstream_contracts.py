@@ -113,3 +113,12 @@ def test_fused_lm_head_still_reads_its_tile_size_from_the_module_constant():
 
     assert isinstance(trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE, int)
     assert "_CHUNKED_LOGPROB_CHUNK_SIZE" in inspect.getsource(trl_utils.add_fused_lm_head)
+
+
+def test_fused_lm_head_still_chooses_its_compact_path_through_the_device_check():
+    """carelab.care.train.common.completion_positions_only flips ``_use_triton`` in TRL's utils so the fused LM head
+    projects only the labelled positions on CPU too; that only works while the choice reads this name."""
+    from trl.trainer import utils as trl_utils
+
+    assert callable(trl_utils._use_triton)
+    assert "compact = _use_triton(hidden_states.device)" in _source(trl_utils.add_fused_lm_head)

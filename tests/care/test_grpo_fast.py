@@ -125,6 +125,26 @@ def test_num_iterations_reuses_each_generation(data, tmp_path, monkeypatch):
     assert metrics["steps"] == 4 and len(generations) == 2
 
 
+def test_release_freed_memory_unmaps_training_and_keeps_the_heap_for_generation(data, tmp_path, monkeypatch):
+    """--release-freed-memory: glibc's threshold fixed for the run, back to the heap's around rollouts (and the
+    held-out evaluation's generation), fixed again after each."""
+    from carelab.care.train import common
+
+    monkeypatch.setattr(common, "_unmapping", False)
+    monkeypatch.setattr(common, "has_gpu", lambda: False)
+    calls: list[int] = []
+    set_threshold = common._set_mmap_threshold
+    monkeypatch.setattr(common, "_set_mmap_threshold", lambda n: calls.append(n) or set_threshold(n))
+    try:
+        run_grpo(_cfg(data, tmp_path / "unmap", beta=0.0, max_steps=2, heldout_prompts=2, heldout_steps=2,
+                      release_freed_memory=True))
+    finally:
+        set_threshold(common._GLIBC_MAX_MMAP_THRESHOLD)  # the rest of the test process: heap as usual
+    low, heap = common.CPU_MMAP_THRESHOLD, common._GLIBC_MAX_MMAP_THRESHOLD
+    assert calls[0] == low and calls.count(heap) >= 3  # two updates' rollouts, one held-out evaluation
+    assert calls == [low] + [heap, low] * calls.count(heap)
+
+
 def test_heldout_reward_curve(data, tmp_path):
     out = tmp_path / "held"
     run_grpo(_cfg(data, out, beta=0.0, max_steps=2, heldout_prompts=4, heldout_steps=1))

@@ -58,6 +58,10 @@ class SFTRunConfig:
     dtype: str = option("float32", help="float32 | bfloat16 (bf16 mixed precision on GPU)")
     gradient_checkpointing: bool = option(False, help="save memory on big models; costs ~30 % time on small ones")
     packing: bool = option(False, help="pack several short traces into one row (TRL's BFD packing, padding-free)")
+    completion_logits_only: bool = option(True, help="run the LM head only at the positions the loss reads (the "
+                                                    "completion): exact; TRL does it on GPUs, this adds CPUs")
+    release_freed_memory: bool = option(False, help="return freed activations to the OS (glibc, CPU): peak RSS 4.4 → "
+                                                   "1.5 GB in the SFT benchmark, for ~40 % more CPU time (page faults)")
     trl: dict[str, Any] = option(help=_TRL_HELP.format(cls="SFTConfig", example="--trl lr_scheduler_type=linear"),
                                  parse="pairs", factory=dict)
 
@@ -120,6 +124,9 @@ class GRPORunConfig:
     gradient_checkpointing: bool = option(False, help="save memory on big models")
     share_prompt: bool = option(True, help="encode each group's prompt once when scoring its completions (exact; "
                                            "needs --batch-size ≥ the group, one process, no checkpointing)")
+    release_freed_memory: bool = option(False, help="return freed activations to the OS (glibc, CPU; generation keeps "
+                                                   "the heap): peak RSS 4.2 → 3.5 GB in the GRPO benchmark, 0.8× "
+                                                   "updates per CPU-hour")
     limit: int | None = option(None, help="use at most N rows per file")
     trl: dict[str, Any] = option(help=_TRL_HELP.format(cls="GRPOConfig", example="--trl loss_type=dr_grpo"),
                                  parse="pairs", factory=dict)

@@ -18,6 +18,7 @@ from carelab.care import format as care_format
 from carelab.care.train.common import (
     bf16,
     has_gpu,
+    heap_allocations,
     last_checkpoint,
     load_base,
     prepare_run,
@@ -97,6 +98,11 @@ def _curriculum_trainer_class():
                 model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
                 compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **extra_inputs)
 
+        def _prepare_inputs(self, generation_batch):
+            """TRL's rollouts and their scoring, with memory from the heap (generation: see heap_allocations)."""
+            with heap_allocations():
+                return super()._prepare_inputs(generation_batch)
+
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
             """TRL's transformers rollouts, with each group's prompt prefilled once instead of once per rollout."""
             repeats = repeated_layout(prompt_ids)
@@ -159,7 +165,7 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     if (cfg.batch_size * cfg.grad_accum) % cfg.num_generations:
         raise ValueError(f"--batch-size × --grad-accum ({cfg.batch_size} × {cfg.grad_accum}) must be a multiple of the "
                          f"group size ({cfg.num_generations})")
-    prepare_run(GRPOConfig, cfg.trl)
+    prepare_run(GRPOConfig, cfg.trl, cfg.release_freed_memory)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if distributed.is_main():

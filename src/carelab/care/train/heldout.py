@@ -56,6 +56,7 @@ def heldout_callback(rows: list[dict], funcs: Sequence[Callable[..., list]], wei
     from rich.console import Console
     from transformers import TrainerCallback
 
+    from carelab.care.train.common import heap_allocations
     from carelab.generation import GenerationSettings, chat_prompt_ids, generate_from_ids
 
     path = out / HELDOUT_FILE
@@ -75,7 +76,8 @@ def heldout_callback(rows: list[dict], funcs: Sequence[Callable[..., list]], wei
             was_training = model.training
             model.eval()
             try:
-                texts = generate_from_ids(model, tokenizer, prompts, settings)
+                with heap_allocations():
+                    texts = generate_from_ids(model, tokenizer, prompts, settings)
             finally:
                 model.train(was_training)
             scores = score_completions(rows, texts, funcs, weights)

@@ -15,6 +15,7 @@ from carelab import distributed
 from carelab.care import format as care_format
 from carelab.care.train.common import (
     bf16,
+    completion_positions_only,
     has_gpu,
     last_checkpoint,
     load_base,
@@ -70,11 +71,11 @@ def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> dict:
 
     ``callbacks`` are extra TrainerCallbacks (``benchmarks/sft_step.py`` times steps with one).
     """
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from carelab.lora.variants import make_optimizer, prepare_adapter
 
-    prepare_run(SFTConfig, cfg.trl)
+    prepare_run(SFTConfig, cfg.trl, cfg.release_freed_memory)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if distributed.is_main():
@@ -107,8 +108,9 @@ def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> dict:
 
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     optimizer = make_optimizer(setup, model, cfg.lr, cfg.weight_decay)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_ds, processing_class=tok,
-                         callbacks=callbacks, optimizers=(optimizer, None))
+    trainer_cls = _sft_trainer_class(cfg.completion_logits_only)
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, eval_dataset=eval_ds, processing_class=tok,
+                          callbacks=callbacks, optimizers=(optimizer, None))
     quiet_progress(trainer)
     resume = last_checkpoint(out) if cfg.resume else None
     result = trainer.train(resume_from_checkpoint=resume)
@@ -122,6 +124,23 @@ def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> dict:
         (out / "sft_metrics.json").write_text(json.dumps(metrics, indent=2))
     distributed.barrier()  # the next stage (GRPO, eval) may read the adapter on any process
     return metrics
+
+
+def _sft_trainer_class(completion_logits_only: bool):
+    """TRL's SFTTrainer, with the LM head over the completion positions only when asked (built lazily: TRL
+    import is heavy)."""
+    import contextlib
+
+    from trl import SFTTrainer
+
+    class CareSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            """TRL's loss and its entropy / token-accuracy metrics, computed where the labels are."""
+            with completion_positions_only() if completion_logits_only else contextlib.nullcontext():
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+
+    return CareSFTTrainer
 
 
 def _sft_batches(dataset, tok, cfg: SFTRunConfig):
