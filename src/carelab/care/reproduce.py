@@ -216,11 +216,58 @@ def _eval_options(cfg: ReproduceConfig) -> dict[str, Any]:
 
 
 def _evaluate(cfg: ReproduceConfig, tests: list[str], methods: list, out: Path) -> dict:
+    """Evaluate ``methods`` on ``tests``; a GRPO row whose dev curve kept update 0 reuses SFT-only's answers."""
     from carelab.care.eval.harness import EvalConfig, run_eval
 
-    run_eval(EvalConfig(data=tests, methods=methods, out=str(out), model=cfg.model, seed=cfg.seed,
-                        **_eval_options(cfg)))
+    def evaluate(specs: list) -> None:
+        run_eval(EvalConfig(data=tests, methods=specs, out=str(out), model=cfg.model, seed=cfg.seed,
+                            **_eval_options(cfg)))
+
+    sft = next((m for m in methods if m.name == SFT_LABEL), None)
+    unchanged = [m for m in methods if sft is not None and _is_unchanged_sft(m.adapter, sft.adapter)]
+    if unchanged:
+        evaluate([m for m in methods if m not in unchanged])
+        with distributed.main_process_first():
+            if distributed.is_main():
+                for spec in unchanged:
+                    console.print(f"{spec.name}: the dev curve kept update 0 (the SFT adapter), so its rows are "
+                                  f"{SFT_LABEL}'s greedy answers, copied")
+                    for test in tests:
+                        _copy_predictions(out, sft, out, spec, Path(test).name.split(".")[0])
+    evaluate(methods)
     return {"out": str(out)}
+
+
+def _is_unchanged_sft(adapter: str | None, sft_adapter: str | None) -> bool:
+    """True for a dev-best GRPO adapter whose dev curve chose update 0 on top of ``sft_adapter``: the same
+    function as the SFT adapter (its GRPO factor is still zero), so greedy decoding gives the same answers."""
+    if not adapter or not sft_adapter or Path(adapter).name != DEV_BEST_ADAPTER:
+        return False
+    try:
+        metrics = json.loads((Path(adapter).parent / "grpo_metrics.json").read_text())
+        stacked = json.loads((Path(adapter) / "STACKED_FROM.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return metrics.get("dev_best_step") == 0 and Path(stacked.get("first", "")) == Path(sft_adapter)
+
+
+def _copy_predictions(src_out: Path, src_spec: Any, dst_out: Path, dst_spec: Any, key: str) -> None:
+    """Give ``dst_spec`` the finished predictions of ``src_spec`` on one test set (relabelled), unless it has some."""
+    from carelab.care.eval.harness import predictions_path
+
+    src, dst = predictions_path(src_out, src_spec.name, key), predictions_path(dst_out, dst_spec.name, key)
+    if not src.exists() or dst.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for line in src.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            rec.update(label=dst_spec.name, method=dst_spec.method, adapter=dst_spec.adapter)
+            lines.append(json.dumps(rec, ensure_ascii=False))
+    tmp = dst.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(dst)
 
 
 def _selected_ablations(cfg: ReproduceConfig) -> dict[str, dict[str, Any]]:
@@ -241,9 +288,7 @@ def _evaluate_ablations(cfg: ReproduceConfig, data: dict[str, Any], main_root: P
                         out: Path) -> dict:
     """Ablation rows beside SFT-only and CARE on the preset's ablation sets; the main rows' finished
     predictions are copied from the main evaluation, not generated again (greedy: they would be equal)."""
-    import shutil
-
-    from carelab.care.eval.harness import MethodSpec, predictions_path
+    from carelab.care.eval.harness import MethodSpec
 
     names = cfg.eval.get("ablation_tests") or list(data["tests"])
     unknown = [n for n in names if n not in data["tests"]]
@@ -252,13 +297,11 @@ def _evaluate_ablations(cfg: ReproduceConfig, data: dict[str, Any], main_root: P
     tests = [data["tests"][n] for n in names]
     main = [MethodSpec("care", label=SFT_LABEL, adapter=str(main_root / "sft")),
             MethodSpec("care", label=CARE_LABEL, adapter=_grpo_adapter(cfg, main_root / "grpo"))]
-    for spec in main:
-        for test in tests:
-            key = Path(test).name.split(".")[0]
-            src, dst = predictions_path(main_root / "eval", spec.name, key), predictions_path(out, spec.name, key)
-            if distributed.is_main() and src.exists() and not dst.exists():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, dst)
+    with distributed.main_process_first():
+        if distributed.is_main():
+            for spec in main:
+                for test in tests:
+                    _copy_predictions(main_root / "eval", spec, out, spec, Path(test).name.split(".")[0])
     ablations = [MethodSpec("care", label=label, adapter=_grpo_adapter(cfg, root / f"grpo-{label}"))
                  for label in _selected_ablations(cfg)]
     return _evaluate(cfg, tests, main + ablations, out)
