@@ -108,3 +108,15 @@ def test_eval_checkpoint_picks_the_grpo_adapter(tmp_path):
     assert load_preset("cpu-full")["eval"]["checkpoint"] == "dev-best"
     _checkpoint(ReproduceConfig(preset="cpu-full", out=str(tmp_path), grpo=load_preset("cpu-full")["grpo"],
                                 eval=load_preset("cpu-full")["eval"]))
+
+
+@pytest.mark.parametrize("probe", sorted((Path(__file__).resolve().parents[1] / "docs/results/care/probes")
+                                         .glob("*.yaml")), ids=lambda p: p.stem)
+def test_documented_grpo_probes_change_only_grpo_settings(probe):
+    """The dev probes in docs/results/cpu-full.md are cpu-full with other GRPO settings: they still build, and the
+    data, SFT and evaluation are cpu-full's, so their dev curves compare with run 1's."""
+    full, other = load_preset("cpu-full"), load_preset(str(probe))
+    build_config(GRPORunConfig, other["grpo"], {"easy": ["e"], "out": "o"}, str(probe))
+    assert {k: v for k, v in other.items() if k not in ("name", "grpo")} == \
+           {k: v for k, v in full.items() if k not in ("name", "grpo")}
+    assert other["grpo"] != full["grpo"] and other["name"] == probe.stem
