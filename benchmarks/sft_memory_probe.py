@@ -12,7 +12,6 @@ forward pass although checkpointing frees each layer's activations.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -58,7 +57,7 @@ def main() -> None:
     print(f"loaded: resident {resident_gb():.2f} GB, peak {peak_rss_gb():.2f} GB", flush=True)
     for _ in range(args.passes):
         c0 = time.process_time()
-        with contextlib.nullcontext() if args.all_positions else completion_positions_only():
+        with completion_positions_only(not args.all_positions):
             out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, fused_lm_head=True,
                         use_cache=False)
         c1 = time.process_time()

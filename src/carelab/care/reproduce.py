@@ -23,7 +23,7 @@ from carelab import distributed
 from carelab.care.eval.results import BUNDLED_LABEL
 from carelab.care.train.config import DEV_BEST_ADAPTER, FINAL_ADAPTER
 from carelab.presets import build_config, load_preset
-from carelab.runs import InputError, check_same_settings, save_config, saved_settings
+from carelab.runs import InputError, check_same_settings, read_jsonl, save_config, saved_settings, write_jsonl
 
 console = Console()
 
@@ -224,7 +224,7 @@ def _evaluate(cfg: ReproduceConfig, tests: list[str], methods: list, out: Path) 
                             **_eval_options(cfg)))
 
     sft = next((m for m in methods if m.name == SFT_LABEL), None)
-    unchanged = [m for m in methods if sft is not None and _is_unchanged_sft(m.adapter, sft.adapter)]
+    unchanged = [m for m in methods if _is_unchanged_sft(m.adapter, sft.adapter)] if sft else []
     if unchanged:
         evaluate([m for m in methods if m not in unchanged])
         with distributed.main_process_first():
@@ -256,18 +256,9 @@ def _copy_predictions(src_out: Path, src_spec: Any, dst_out: Path, dst_spec: Any
     from carelab.care.eval.harness import predictions_path
 
     src, dst = predictions_path(src_out, src_spec.name, key), predictions_path(dst_out, dst_spec.name, key)
-    if not src.exists() or dst.exists():
-        return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for line in src.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            rec.update(label=dst_spec.name, method=dst_spec.method, adapter=dst_spec.adapter)
-            lines.append(json.dumps(rec, ensure_ascii=False))
-    tmp = dst.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    tmp.replace(dst)
+    if src.exists() and not dst.exists():
+        relabel = {"label": dst_spec.name, "method": dst_spec.method, "adapter": dst_spec.adapter}
+        write_jsonl(dst, ({**rec, **relabel} for _, rec in read_jsonl(src, skip_invalid=True)))
 
 
 def _selected_ablations(cfg: ReproduceConfig) -> dict[str, dict[str, Any]]:

@@ -54,14 +54,17 @@ def _bound_lm_head_memory() -> None:
 
 
 @contextlib.contextmanager
-def completion_positions_only():
-    """Inside it, TRL's fused LM head projects only the positions that have a label, on every device.
+def completion_positions_only(enabled: bool = True):
+    """Inside it (when ``enabled``), TRL's fused LM head projects only the positions that have a label, on every device.
 
     Why: without Triton (CPU) TRL runs the 49k-vocabulary head over *every* position and masks afterwards (fixed
     tile shapes for compilers); CARE traces are mostly prompt, so most of that work has no loss. The labelled
     positions go through the same kernel, so loss and gradients equal the full pass up to float rounding. It
     flips TRL's private device check for the duration (guarded by tests/test_upstream_contracts.py).
     """
+    if not enabled:
+        yield
+        return
     from trl.trainer import utils as trl_utils
 
     device_check = trl_utils._use_triton

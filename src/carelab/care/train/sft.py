@@ -129,14 +129,12 @@ def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> dict:
 def _sft_trainer_class(completion_logits_only: bool):
     """TRL's SFTTrainer, with the LM head over the completion positions only when asked (built lazily: TRL
     import is heavy)."""
-    import contextlib
-
     from trl import SFTTrainer
 
     class CareSFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             """TRL's loss and its entropy / token-accuracy metrics, computed where the labels are."""
-            with completion_positions_only() if completion_logits_only else contextlib.nullcontext():
+            with completion_positions_only(completion_logits_only):
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
 
