@@ -33,6 +33,8 @@ VARIANTS: dict[str, dict] = {
     # the group's prompt encoded once for the update, the old log-probs and the rollouts' prefill
     "shared-prompt+beta0": dict(batch_size=5, grad_accum=1, beta=0.0, share_prompt=True),
     "shared-prompt+beta0+mu2": dict(batch_size=5, grad_accum=1, beta=0.0, num_iterations=2, share_prompt=True),
+    # cpu-full now: the KL anchor to the SFT model costs one reference pass (adapter off) per generated group
+    "shared-prompt+beta0.04+mu2": dict(batch_size=5, grad_accum=1, beta=0.04, num_iterations=2, share_prompt=True),
     "shared-prompt+beta0+mu4": dict(batch_size=5, grad_accum=1, beta=0.0, num_iterations=4, share_prompt=True),
     # freed activations returned to the OS (--release-freed-memory; generation keeps the heap)
     "shared-prompt+beta0+mu2+unmap": dict(batch_size=5, grad_accum=1, beta=0.0, num_iterations=2, share_prompt=True,
