@@ -20,8 +20,8 @@ def test_bundled_presets_build():
         assert sft.lora_r == 8 and grpo.num_generations == 5
         assert (grpo.batch_size * grpo.grad_accum) % grpo.num_generations == 0
         # the paper keeps its KL term; cpu-full anchors to its SFT model (chosen on dev); the demo runs without one
-        expected_beta = {"paper": 0.01, "cpu-full": 0.04, "cpu-quick": 0.0}[name.split("-qwen")[0].removesuffix("-ablations")]
-        assert grpo.beta == expected_beta, name
+        beta = {"paper-qwen2.5-7b": 0.01, "cpu-full": 0.04, "cpu-full-ablations": 0.04, "cpu-quick": 0.0}
+        assert grpo.beta == beta[name], name
 
 
 def test_bundled_presets_data_sets_generate():
