@@ -1,0 +1,37 @@
+"""A method of one run against the bundled adapter's rows of another run on the same items (paired, by item id).
+
+Why: `care report` pairs rows of one evaluation only; the bundled adapter's per-item scores survive as an earlier
+run's items.csv, and the synthetic test items are the same (the Original rows are checked to agree).
+
+    python scripts/paired_items.py NEW_ITEMS_CSV OLD_ITEMS_CSV LABEL
+"""
+import csv
+import sys
+
+from carelab.stats import mean_of_means_ci, paired_difference_ci, paired_ratio_difference_ci
+
+new_csv, old_csv, label = sys.argv[1], sys.argv[2], sys.argv[3]
+
+
+def rows(path: str, method: str) -> dict:
+    with open(path) as fh:
+        return {(r["dataset"], r["id"]): r for r in csv.DictReader(fh) if r["method"] == method}
+
+
+new, bundled = rows(new_csv, label), rows(old_csv, "CARE (bundled)")
+orig_new, orig_old = rows(new_csv, "Original"), rows(old_csv, "Original")
+same = sum(1 for k in orig_new if k in orig_old and orig_new[k]["f1"] == orig_old[k]["f1"])
+print(f"Original rows identical F1 in both files: {same}/{len(orig_new)}")
+groups = []
+for ds in sorted({k[0] for k in new}):
+    keys = [k for k in new if k[0] == ds and k in bundled]
+    if ds == "CofCA":
+        keys = [k for k in keys if new[k]["counterfactual"] == "True"]
+    a, b = [100 * float(new[k]["f1"]) for k in keys], [100 * float(bundled[k]["f1"]) for k in keys]
+    e = paired_difference_ci(a, b)
+    q = paired_ratio_difference_ci([float(new[k]["n_exact"]) for k in keys], [float(new[k]["n_quotes"]) for k in keys],
+                                   [float(bundled[k]["n_exact"]) for k in keys], [float(bundled[k]["n_quotes"]) for k in keys])
+    groups.append([x - y for x, y in zip(a, b, strict=True)])
+    print(f"{ds}: n={len(keys)} F1 {e.mean:+.1f} [{e.lo:+.1f}, {e.hi:+.1f}]  exact-quote share pts {100*q.mean:+.1f} [{100*q.lo:+.1f}, {100*q.hi:+.1f}]")
+avg = mean_of_means_ci(groups)
+print(f"Avg (datasets weighted equally): {avg.mean:+.1f} [{avg.lo:+.1f}, {avg.hi:+.1f}]")
