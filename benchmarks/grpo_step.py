@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from variants import dispatch, timed  # noqa: E402
+from variants import HUGE_PAGES, SMALL_PAGES, dispatch, split_env, timed  # noqa: E402
 
-#: name -> GRPORunConfig overrides; ``today`` is the cpu-full preset before this benchmark existed
-VARIANTS: dict[str, dict] = {
+#: name -> GRPORunConfig overrides; ``today`` is the cpu-full preset before this benchmark existed.
+#: These ran with PyTorch's allocator on 4 KB pages, as carelab did before it turned huge pages on.
+_SMALL_PAGE_VARIANTS: dict[str, dict] = {
     "today": dict(batch_size=1, grad_accum=5, beta=0.01, share_prompt=False),
     "group-batch": dict(batch_size=5, grad_accum=1, beta=0.01, share_prompt=False),
     "per-rollout+beta0+mu2": dict(batch_size=1, grad_accum=5, beta=0.0, num_iterations=2, share_prompt=False),
@@ -40,10 +41,15 @@ VARIANTS: dict[str, dict] = {
     "shared-prompt+beta0+mu2+unmap": dict(batch_size=5, grad_accum=1, beta=0.0, num_iterations=2, share_prompt=True,
                                           release_freed_memory=True),
 }
+VARIANTS: dict[str, dict] = {name: dict(spec, env=SMALL_PAGES) for name, spec in _SMALL_PAGE_VARIANTS.items()}
+# cpu-full now: tensors of >= 2 MB on transparent huge pages (carelab's default)
+VARIANTS["shared-prompt+beta0.04+mu2+huge-pages"] = dict(_SMALL_PAGE_VARIANTS["shared-prompt+beta0.04+mu2"],
+                                                        env=HUGE_PAGES)
 
 
 def measure(variant: str, steps: int, completion_tokens: int, model: str) -> dict:
     """Run ``steps`` GRPO updates with ``variant``'s settings; time generation, rewards and whole updates."""
+    overrides = split_env(VARIANTS[variant])  # before torch is imported
     from transformers import TrainerCallback
 
     from carelab.care.data import synth
@@ -74,7 +80,7 @@ def measure(variant: str, steps: int, completion_tokens: int, model: str) -> dic
         cfg = GRPORunConfig(easy=[str(easy)], hard=[str(hard)], out=str(root / "run"), model=model,
                             max_steps=steps, num_generations=5, max_completion_tokens=completion_tokens,
                             max_prompt_tokens=768, temperature=0.7, top_p=0.9, lr=2e-5, report_to=[],
-                            save_steps=10_000, **VARIANTS[variant])
+                            save_steps=10_000, **overrides)
         run_grpo(cfg, callbacks=[Clock()], reward_wrapper=lambda fn: timed(fn, times, "reward"))
     measured = step_times[1:]
     total = sum(measured)

@@ -19,14 +19,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from variants import dispatch  # noqa: E402
+from variants import HUGE_PAGES, SMALL_PAGES, dispatch, split_env  # noqa: E402
 
 #: the default this benchmark's later work changed, switched back for the variants measured before it: the LM
 #: head over every position
 BEFORE = dict(completion_logits_only=False)
 PRESET = dict(batch_size=4, gradient_checkpointing=True, lora_dropout=0.0)  # the CPU presets' SFT settings
-#: name -> SFTRunConfig overrides; ``today`` is the preset before this benchmark existed (batch 4, padded)
-VARIANTS: dict[str, dict] = {
+#: name -> SFTRunConfig overrides; ``today`` is the preset before this benchmark existed (batch 4, padded).
+#: These ran with PyTorch's allocator on 4 KB pages, as carelab did before it turned huge pages on.
+_SMALL_PAGE_VARIANTS: dict[str, dict] = {
     "today": dict(batch_size=4, **BEFORE),
     "grad-ckpt": dict(batch_size=4, gradient_checkpointing=True, **BEFORE),
     "packing+grad-ckpt": dict(batch_size=2, packing=True, gradient_checkpointing=True, **BEFORE),
@@ -41,10 +42,16 @@ VARIANTS: dict[str, dict] = {
     "grad-ckpt+no-dropout+completion-head+length-grouped": dict(
         PRESET, trl={"train_sampling_strategy": "group_by_length"}),
 }
+VARIANTS: dict[str, dict] = {name: dict(spec, env=SMALL_PAGES) for name, spec in _SMALL_PAGE_VARIANTS.items()}
+# the presets now: tensors of >= 2 MB on transparent huge pages (carelab's default), with or without unmapping
+VARIANTS["grad-ckpt+no-dropout+completion-head+huge-pages"] = dict(PRESET, env=HUGE_PAGES)
+VARIANTS["grad-ckpt+no-dropout+completion-head+unmap+huge-pages"] = dict(PRESET, release_freed_memory=True,
+                                                                          env=HUGE_PAGES)
 
 
 def measure(variant: str, steps: int, model: str) -> dict:
     """Run ``steps`` SFT updates with ``variant``'s settings; real tokens per second after the first."""
+    overrides = split_env(VARIANTS[variant])  # before torch is imported
     from transformers import TrainerCallback
 
     from carelab.care.data import synth
@@ -63,7 +70,6 @@ def measure(variant: str, steps: int, model: str) -> dict:
         src = synth.write("hotpotqa", 60, 0, root / "src.json", context_words=180, distractors=5)
         run_pipeline(SftDataConfig(input=str(src), format="hotpotqa", reasoner="rule", injector="rule",
                                    out=str(root / "sft.jsonl")))
-        overrides = dict(VARIANTS[variant])
         trl = {"include_num_input_tokens_seen": "non_padding", **overrides.pop("trl", {})}
         cfg = SFTRunConfig(data=[str(root / "sft.jsonl")], out=str(root / "run"), model=model, max_steps=steps,
                            max_length=1024, lr=3e-4, report_to=[], save_steps=10_000, logging_steps=1, trl=trl,

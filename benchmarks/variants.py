@@ -7,10 +7,28 @@ memory of two settings needs two processes; it also keeps one variant's caches f
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
 from collections.abc import Callable
+
+from carelab import HUGE_PAGES_ENV
+
+#: a variant's ``env`` for PyTorch's CPU allocator on 4 KB pages, as before carelab turned huge pages on
+SMALL_PAGES = {HUGE_PAGES_ENV: "0"}
+HUGE_PAGES = {HUGE_PAGES_ENV: "1"}
+
+
+def split_env(spec: dict) -> dict:
+    """A variant's settings without its ``env``, which goes into this process's environment first.
+
+    Why first: PyTorch reads ``THP_MEM_ALLOC_ENABLE`` once, at the process's first tensor allocation, so a
+    variant's allocator setting must be in place before anything imports torch.
+    """
+    spec = dict(spec)
+    os.environ.update(spec.pop("env", {}))
+    return spec
 
 
 def peak_rss_gb() -> float:
