@@ -41,10 +41,15 @@ _SMALL_PAGE_VARIANTS: dict[str, dict] = {
     "shared-prompt+beta0+mu2+unmap": dict(batch_size=5, grad_accum=1, beta=0.0, num_iterations=2, share_prompt=True,
                                           release_freed_memory=True),
 }
-VARIANTS: dict[str, dict] = {name: dict(spec, env=SMALL_PAGES) for name, spec in _SMALL_PAGE_VARIANTS.items()}
-# cpu-full now: tensors of >= 2 MB on transparent huge pages (carelab's default)
+#: (and scored a shared prompt's completions all at once: no recomputation)
+VARIANTS: dict[str, dict] = {name: dict(spec, env=SMALL_PAGES, recompute_rows=0)
+                             for name, spec in _SMALL_PAGE_VARIANTS.items()}
+# tensors of >= 2 MB on transparent huge pages (carelab's default), then the completions scored one row at a time
+# under activation checkpointing (the default now: cpu-full)
 VARIANTS["shared-prompt+beta0.04+mu2+huge-pages"] = dict(_SMALL_PAGE_VARIANTS["shared-prompt+beta0.04+mu2"],
-                                                        env=HUGE_PAGES)
+                                                        env=HUGE_PAGES, recompute_rows=0)
+VARIANTS["shared-prompt+beta0.04+mu2+huge-pages+recompute1"] = dict(
+    _SMALL_PAGE_VARIANTS["shared-prompt+beta0.04+mu2"], env=HUGE_PAGES, recompute_rows=1)
 
 
 def measure(variant: str, steps: int, completion_tokens: int, model: str) -> dict:

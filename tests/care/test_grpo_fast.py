@@ -64,24 +64,42 @@ def test_whole_group_in_one_pass_gives_the_same_gradient(data, tmp_path):
 
 
 def test_shared_prompt_gives_the_same_gradient(data, tmp_path, monkeypatch):
-    """The same rollouts (same seed) through GRPOTrainer with and without the shared prompt: same gradient."""
+    """The same rollouts (same seed) through GRPOTrainer with and without the shared prompt, and with the shared
+    prompt's completions scored all at once or one row at a time under recomputation: same gradient."""
     used: list[str] = []
+    recompute: list[int | None] = []
     for name in ("shared_prefix_logps", "shared_prefill_generate"):
         original = getattr(shared_prefix, name)
-        monkeypatch.setattr(shared_prefix, name, lambda *a, _f=original, _n=name, **k: (used.append(_n), _f(*a, **k))[1])
+
+        def wrapped(*a, _f=original, _n=name, **k):
+            used.append(_n)
+            if _n == "shared_prefix_logps":
+                recompute.append(k.get("recompute_rows"))
+            return _f(*a, **k)
+
+        monkeypatch.setattr(shared_prefix, name, wrapped)
     taps = {}
-    for share in (True, False):
-        taps[share] = _GradTap()
-        run_grpo(_cfg(data, tmp_path / f"share-{share}", beta=0.0, share_prompt=share),
-                 callbacks=[taps[share].callback])
-        if share:  # the shared run really took both shared paths; the other run neither
+    for share, rows in ((True, 1), (True, 0), (False, 1)):
+        taps[share, rows] = _GradTap()
+        run_grpo(_cfg(data, tmp_path / f"share-{share}-{rows}", beta=0.0, share_prompt=share, recompute_rows=rows),
+                 callbacks=[taps[share, rows].callback])
+        if share:  # the shared run really took both shared paths, with its recomputation setting; the other neither
             assert {"shared_prefix_logps", "shared_prefill_generate"} <= set(used)
+            assert set(recompute) == {rows or None}
             used.clear()
+            recompute.clear()
     assert not used
-    a, b = taps[True].grads, taps[False].grads
-    assert a and set(a) == set(b) and any(g.abs().sum() > 0 for g in a.values())
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-7)
+    base = taps[False, 1].grads
+    assert base and any(g.abs().sum() > 0 for g in base.values())
+    for key in ((True, 1), (True, 0)):
+        assert set(taps[key].grads) == set(base)
+        for name in base:
+            torch.testing.assert_close(taps[key].grads[name], base[name], rtol=1e-4, atol=1e-7)
+
+
+def test_negative_recompute_rows_is_refused(data, tmp_path):
+    with pytest.raises(ValueError, match="recompute-rows"):
+        run_grpo(_cfg(data, tmp_path / "neg", recompute_rows=-1))
 
 
 def test_beta_zero_runs_no_reference_forward(data, tmp_path, monkeypatch):

@@ -56,7 +56,9 @@ def _group_batch(vocab: int, pad: int):
     return torch.stack(rows), torch.stack(masks)
 
 
-def test_shared_prefix_equals_the_full_pass(policy):
+@pytest.mark.parametrize("recompute_rows", [None, 1, 2])
+def test_shared_prefix_equals_the_full_pass(policy, recompute_rows):
+    """Also with the completions scored in checkpointed chunks (1 or 2 rows; a group of 3 leaves a remainder)."""
     input_ids, attention_mask = _group_batch(policy.config.vocab_size, pad=0)
     keep = 6
     completion_mask = attention_mask[:, -keep:].bool()
@@ -64,7 +66,8 @@ def test_shared_prefix_equals_the_full_pass(policy):
 
     ref_logps, ref_ent = _full_pass(policy, input_ids, attention_mask, keep)
     ref_grads = torch.autograd.grad((ref_logps * completion_mask).sum() + ref_ent[completion_mask].sum(), params)
-    logps, ent = shared_prefix_logps(policy, input_ids, attention_mask, keep, compute_entropy=True, max_rows=3)
+    logps, ent = shared_prefix_logps(policy, input_ids, attention_mask, keep, compute_entropy=True, max_rows=3,
+                                     recompute_rows=recompute_rows)
     grads = torch.autograd.grad((logps * completion_mask).sum() + ent[completion_mask].sum(), params)
 
     torch.testing.assert_close(logps[completion_mask], ref_logps[completion_mask], rtol=1e-5, atol=1e-5)

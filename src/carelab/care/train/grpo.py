@@ -80,6 +80,7 @@ def _curriculum_trainer_class():
     class CareGRPOTrainer(GRPOTrainer):
         curriculum: dict[str, Any] = {}
         share_prompt: bool = False
+        recompute_rows: int = 0
 
         def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
                                                batch_size=None, compute_entropy=False, compute_aux_loss=False,
@@ -92,7 +93,8 @@ def _curriculum_trainer_class():
                 runs = identical_prompt_runs(input_ids, attention_mask, prompt_len, batch_size)
                 if any(end - start > 1 for start, end in runs):
                     logps, entropies = shared_prefix_logps(model, input_ids, attention_mask, logits_to_keep,
-                                                           compute_entropy, max_rows=batch_size)
+                                                           compute_entropy, max_rows=batch_size,
+                                                           recompute_rows=self.recompute_rows or None)
                     return logps, entropies, None
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
@@ -162,6 +164,8 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     from carelab.lora.variants import make_optimizer, prepare_adapter
 
     check_init_adapter(cfg)  # an SFT output GRPO cannot stack onto is refused before any training
+    if cfg.recompute_rows < 0:
+        raise ValueError(f"--recompute-rows must be ≥ 0 (0: no recomputation), got {cfg.recompute_rows}")
     if (cfg.batch_size * cfg.grad_accum) % cfg.num_generations:
         raise ValueError(f"--batch-size × --grad-accum ({cfg.batch_size} × {cfg.grad_accum}) must be a multiple of the "
                          f"group size ({cfg.num_generations})")
@@ -217,6 +221,7 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     )))
     trainer_cls = _curriculum_trainer_class()
     trainer_cls.share_prompt = cfg.share_prompt
+    trainer_cls.recompute_rows = cfg.recompute_rows
     trainer_cls.curriculum = {"n_easy": len(easy_rows), "n_hard": len(hard_rows), "p_max": cfg.p_max,
                               "ramp_steps": cfg.ramp_steps, "enabled": cfg.curriculum and bool(hard_rows),
                               "log_path": str(out / "curriculum.jsonl")}

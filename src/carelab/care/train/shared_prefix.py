@@ -57,12 +57,15 @@ def can_share(model: torch.nn.Module, num_processes: int, gradient_checkpointing
 
 
 def shared_prefix_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
-                        compute_entropy: bool, max_rows: int | None = None,
+                        compute_entropy: bool, max_rows: int | None = None, recompute_rows: int | None = None,
                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs (and entropies) of the last ``logits_to_keep`` tokens of each row, prompts shared.
 
     ``model`` is TRL's policy with its fused LM head (``fused_lm_head=True`` returns ``log_probs``/``entropy``
     for the labelled positions). Rows are ``[prompt | completion]``, left-padded prompts, as TRL builds them.
+    With ``recompute_rows`` the completions are scored that many rows at a time under activation checkpointing
+    (the prompt's keys/values are the checkpoint's inputs, so a recomputation fills a fresh cache): backward
+    then holds one chunk's activations instead of the group's, for one more forward pass of the completions.
     """
     from transformers import DynamicCache
 
@@ -79,17 +82,38 @@ def shared_prefix_logps(model, input_ids: torch.Tensor, attention_mask: torch.Te
         model(input_ids=input_ids[start:start + 1, :prompt_len - 1],
               attention_mask=attention_mask[start:start + 1, :prompt_len - 1],
               cache=cache, use_cache=True, logits_to_keep=1)
-        for layer in cache.layers:
-            layer.keys = layer.keys.expand(rows, -1, -1, -1)
-            layer.values = layer.values.expand(rows, -1, -1, -1)
+        prompt_kv = [t for layer in cache.layers for t in (layer.keys, layer.values)]
         # the last prompt token scores the first completion token; each completion token scores the next
         step_inputs = torch.cat([input_ids[start:end, prompt_len - 1:prompt_len], completion[start:end, :-1]], dim=1)
-        out = model(input_ids=step_inputs, attention_mask=attention_mask[start:end, :-1], cache=cache,
-                    shift_labels=completion_labels[start:end], fused_lm_head=True)
-        logps.append(out.log_probs)
-        if compute_entropy:
-            entropies.append(out.entropy)
+        chunk = rows if recompute_rows is None else max(1, recompute_rows)
+        for lo in range(0, rows, chunk):
+            hi = min(rows, lo + chunk)
+            args = (model, step_inputs[lo:hi], attention_mask[start + lo:start + hi, :-1],
+                    completion_labels[start + lo:start + hi], *prompt_kv)
+            if recompute_rows is None:
+                lp, ent = _score_completions(*args)
+            else:
+                lp, ent = torch.utils.checkpoint.checkpoint(_score_completions, *args, use_reentrant=False)
+            logps.append(lp)
+            if compute_entropy:
+                entropies.append(ent)
     return torch.cat(logps, dim=0), (torch.cat(entropies, dim=0) if compute_entropy else None)
+
+
+def _score_completions(model, step_inputs: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                       *prompt_kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs and entropies of completion rows against one prompt's keys/values (one row, expanded here)."""
+    from transformers import DynamicCache
+
+    rows = step_inputs.size(0)
+    cache = DynamicCache(config=model.config)
+    for i, layer in enumerate(cache.layers):
+        layer.lazy_initialization(prompt_kv[2 * i], prompt_kv[2 * i + 1])
+        layer.keys = prompt_kv[2 * i].expand(rows, -1, -1, -1)
+        layer.values = prompt_kv[2 * i + 1].expand(rows, -1, -1, -1)
+    out = model(input_ids=step_inputs, attention_mask=attention_mask, cache=cache, shift_labels=labels,
+                fused_lm_head=True)
+    return out.log_probs, out.entropy
 
 
 def repeated_layout(prompt_ids: list[list[int]]) -> int:
