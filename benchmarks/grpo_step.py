@@ -48,8 +48,9 @@ VARIANTS: dict[str, dict] = {name: dict(spec, env=SMALL_PAGES, recompute_rows=0)
 # under activation checkpointing (the default now: cpu-full)
 VARIANTS["shared-prompt+beta0.04+mu2+huge-pages"] = dict(_SMALL_PAGE_VARIANTS["shared-prompt+beta0.04+mu2"],
                                                         env=HUGE_PAGES, recompute_rows=0)
-VARIANTS["shared-prompt+beta0.04+mu2+huge-pages+recompute1"] = dict(
-    _SMALL_PAGE_VARIANTS["shared-prompt+beta0.04+mu2"], env=HUGE_PAGES, recompute_rows=1)
+for _rows in (1, 2):
+    VARIANTS[f"shared-prompt+beta0.04+mu2+huge-pages+recompute{_rows}"] = dict(
+        _SMALL_PAGE_VARIANTS["shared-prompt+beta0.04+mu2"], env=HUGE_PAGES, recompute_rows=_rows)
 
 
 def measure(variant: str, steps: int, completion_tokens: int, model: str) -> dict:

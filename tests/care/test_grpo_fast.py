@@ -206,6 +206,21 @@ def test_heldout_summary_pairs_each_step_with_the_first():
     assert last["reward"] == pytest.approx(1.0)
     assert (last["change"], last["change_lo"], last["change_hi"]) == pytest.approx((0.5, 0.5, 0.5))
     assert last["format"] == pytest.approx(2 / 3) and "total" not in last
+    assert "format_change" not in last  # no per-prompt format scores: no paired change
+
+
+def test_heldout_summary_pairs_each_reward_with_the_first():
+    """Hand-checkable: retrieval rises by exactly 1 on one of two prompts (+0.5), accuracy stays put."""
+    records = [{"step": 0, "n": 2, "per_item": [0.0, 0.5], "retrieval_mean": 0.0, "accuracy_mean": 0.5,
+                "per_item_scores": {"retrieval": [0.0, 0.0], "accuracy": [0.0, 1.0]}},
+               {"step": 20, "n": 2, "per_item": [0.4, 0.5], "retrieval_mean": 0.5, "accuracy_mean": 0.5,
+                "per_item_scores": {"retrieval": [1.0, 0.0], "accuracy": [0.0, 1.0]}}]
+    first, last = heldout_summary(records)
+    assert first["retrieval_change"] == pytest.approx(0.0)
+    assert last["retrieval_change"] == pytest.approx(0.5)
+    assert last["retrieval_change_lo"] <= 0.5 <= last["retrieval_change_hi"]
+    assert (last["accuracy_change"], last["accuracy_change_lo"], last["accuracy_change_hi"]) == pytest.approx(
+        (0.0, 0.0, 0.0))
     assert first["reward_lo"] <= 0.5 <= first["reward_hi"]
 
 

@@ -123,12 +123,14 @@ def read_heldout(run_dir: str | Path) -> list[dict]:
 
 def heldout_summary(records: Sequence[dict]) -> list[dict]:
     """One row per evaluated step: mean held-out reward with its 95 % bootstrap CI, and the paired difference
-    to the first evaluation (the same prompts at every step, so the change is paired per prompt)."""
+    to the first evaluation (the same prompts at every step, so the change is paired per prompt); the same for
+    each reward where its per-prompt scores were kept (``<name>``, ``<name>_change``)."""
     from carelab.stats import bootstrap_ci, paired_difference_ci
 
     if not records:
         return []
     first = records[0]["per_item"]
+    first_scores = records[0].get("per_item_scores") or {}
     rows = []
     for rec in records:
         level = bootstrap_ci(rec["per_item"])
@@ -145,6 +147,10 @@ def heldout_summary(records: Sequence[dict]) -> list[dict]:
                 if name in per_item:
                     est = bootstrap_ci(per_item[name])
                     row.update({f"{name}_lo": est.lo, f"{name}_hi": est.hi})
+                    if len(first_scores.get(name, ())) == len(per_item[name]):  # which reward moved, paired
+                        moved = paired_difference_ci(per_item[name], first_scores[name])
+                        row.update({f"{name}_change": moved.mean, f"{name}_change_lo": moved.lo,
+                                    f"{name}_change_hi": moved.hi})
         rows.append(row)
     return rows
 
@@ -170,19 +176,23 @@ def write_heldout_report(run_dir: str | Path) -> Path | None:
     ax.set_title(f"Reward on {rows[0]['n']} held-out prompts")
     ax.legend()
     save_figure(fig, run / "heldout_reward.png")
-    components = sorted({k for r in rows for k in r if not k.endswith(("_lo", "_hi"))}
+    components = sorted({k for r in rows for k in r if not k.endswith(("_lo", "_hi", "_change"))}
                         - {"step", "n", "reward", "change"})
+    moved = [c for c in components if any(f"{c}_change" in r for r in rows)]
     lines = ["# Held-out reward during GRPO", "",
              f"Greedy completions of the same {rows[0]['n']} held-out prompts (drawn out of the GRPO pool, never "
              "trained on) scored with the training rewards. Mean with 95 % bootstrap CI; change = paired "
              "difference to the first evaluation (same prompts).", "",
-             "| " + " | ".join(["step", "n", "reward", "change vs first", *components]) + " |",
-             "|---" * (4 + len(components)) + "|"]
+             "| " + " | ".join(["step", "n", "reward", "change vs first", *components,
+                                *(f"{c} change" for c in moved)]) + " |",
+             "|---" * (4 + len(components) + len(moved)) + "|"]
     for r in rows:
         cells = [str(r["step"]), str(r["n"]), format_ci(r["reward"], r["reward_lo"], r["reward_hi"], digits=3),
                  format_ci(r.get("change"), r.get("change_lo"), r.get("change_hi"), digits=3, signed=True),
                  *(format_ci(r[c], r.get(f"{c}_lo"), r.get(f"{c}_hi"), digits=3) if c in r else "–"
-                   for c in components)]
+                   for c in components),
+                 *(format_ci(r.get(f"{c}_change"), r.get(f"{c}_change_lo"), r.get(f"{c}_change_hi"), digits=3,
+                             signed=True) for c in moved)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![held-out reward](heldout_reward.png)", ""]
     path = run / "heldout_reward.md"

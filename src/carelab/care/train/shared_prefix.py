@@ -85,12 +85,14 @@ def shared_prefix_logps(model, input_ids: torch.Tensor, attention_mask: torch.Te
         prompt_kv = [t for layer in cache.layers for t in (layer.keys, layer.values)]
         # the last prompt token scores the first completion token; each completion token scores the next
         step_inputs = torch.cat([input_ids[start:end, prompt_len - 1:prompt_len], completion[start:end, :-1]], dim=1)
-        chunk = rows if recompute_rows is None else max(1, recompute_rows)
+        # without gradients (old and reference log-probs) nothing is kept for backward: the whole run in one pass
+        recompute = recompute_rows is not None and torch.is_grad_enabled()
+        chunk = max(1, recompute_rows) if recompute else rows
         for lo in range(0, rows, chunk):
             hi = min(rows, lo + chunk)
             args = (model, step_inputs[lo:hi], attention_mask[start + lo:start + hi, :-1],
                     completion_labels[start + lo:start + hi], *prompt_kv)
-            if recompute_rows is None:
+            if not recompute:
                 lp, ent = _score_completions(*args)
             else:
                 lp, ent = torch.utils.checkpoint.checkpoint(_score_completions, *args, use_reentrant=False)
