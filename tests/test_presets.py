@@ -111,13 +111,25 @@ def test_eval_checkpoint_picks_the_grpo_adapter(tmp_path):
                                 eval=load_preset("cpu-full")["eval"]))
 
 
+def _outside_grpo(preset: dict) -> dict:
+    """A preset without what a GRPO probe may change: its name, GRPO settings, GRPO prompt pool (``data.easy`` /
+    ``data.hard``) and which methods its evaluation runs (a probe may skip Original, whose rows do not change)."""
+    rest = {k: v for k, v in preset.items() if k not in ("name", "grpo")}
+    rest["data"] = {k: v for k, v in rest["data"].items() if k not in ("easy", "hard")}
+    rest["eval"] = {k: v for k, v in rest["eval"].items() if k != "methods"}
+    return rest
+
+
 @pytest.mark.parametrize("probe", sorted((Path(__file__).resolve().parents[1] / "docs/results/care/probes")
                                          .glob("*.yaml")), ids=lambda p: p.stem)
 def test_documented_grpo_probes_change_only_grpo_settings(probe):
-    """The dev probes in docs/results/cpu-full.md are cpu-full with other GRPO settings: they still build, and the
-    data, SFT and evaluation are cpu-full's, so their dev curves compare with run 1's."""
+    """The dev probes in docs/results/cpu-full.md are cpu-full with other GRPO settings or another GRPO pool: they
+    still build, and the SFT data, SFT, test sets and evaluation settings are cpu-full's, so their SFT-only rows
+    and test items compare with the preset's."""
     full, other = load_preset("cpu-full"), load_preset(str(probe))
     build_config(GRPORunConfig, other["grpo"], {"easy": ["e"], "out": "o"}, str(probe))
-    assert {k: v for k, v in other.items() if k not in ("name", "grpo")} == \
-           {k: v for k, v in full.items() if k not in ("name", "grpo")}
-    assert other["grpo"] != full["grpo"] and other["name"] == probe.stem
+    assert _outside_grpo(other) == _outside_grpo(full)
+    changed = (other["grpo"], other["data"].get("easy"), other["data"].get("hard"))
+    assert changed != (full["grpo"], full["data"].get("easy"), full["data"].get("hard"))
+    assert other["name"] == probe.stem
+    assert set(other["eval"]["methods"]) <= set(full["eval"]["methods"])
