@@ -1,0 +1,36 @@
+"""The scripts that docs/results/cpu-full.md quotes give the quoted numbers from the committed result files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CARE = ROOT / "docs/results/care"
+
+
+def _run(*args: str) -> str:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+
+
+def test_paired_items_gives_the_documented_care_minus_bundled():
+    out = _run("scripts/paired_items.py", str(CARE / "cpu-full-kl-items.csv"), str(CARE / "cpu-full-c82dedd-items.csv"),
+               "CARE")
+    assert "Original rows identical F1 in both files: 400/400" in out
+    assert "Avg (datasets weighted equally): -3.0 [-7.8, +1.7]" in out
+
+
+def test_paired_items_takes_another_method_and_has_no_share_without_quotes():
+    out = _run("scripts/paired_items.py", str(CARE / "cpu-full-kl-items.csv"), str(CARE / "cpu-full-kl-items.csv"),
+               "SFT-only", "Original")
+    assert "SFT-only" in out and "a side has no quotes" in out
+
+
+def test_reward_curve_summary_gives_the_documented_run7_log():
+    out = _run("scripts/reward_curve_summary.py", str(CARE / "cpu-full-testlen-reward_curve.jsonl"))
+    assert "40 logged groups" in out
+    assert "rewards/accuracy/mean: 0.061 [0.033, 0.092]" in out
+    assert "rewards/retrieval/mean: 0.305 [0.241, 0.374]" in out
+    assert "groups with no reward variance: 5 / 40" in out
+    assert "KL to the reference: mean 0.0035, max 0.0088" in out
