@@ -28,6 +28,37 @@ def resident_gb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024**3
 
 
+def sft_model(name: str, release_memory: bool = False, checkpointing: bool = True, lora_dropout: float = 0.0):
+    """The CPU presets' SFT layer without a Trainer: TRL's fused LM head, LoRA r = 8 on every linear layer and
+    (by default) gradient checkpointing, on the model ``name``."""
+    from peft import LoraConfig, get_peft_model
+    from trl import SFTConfig
+    from trl.trainer.utils import add_fused_lm_head
+
+    from carelab.care.train.common import prepare_run
+    from carelab.models import load_model
+
+    prepare_run(SFTConfig, {}, release_memory=release_memory)
+    model, _ = load_model(name)
+    model.train()
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=lora_dropout,
+                                             target_modules="all-linear"))
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return model
+
+
+def random_batch(rows: int, length: int, completion_share: float):
+    """``rows`` × ``length`` random token ids, the last ``completion_share`` of each row labelled (the rest -100)."""
+    import torch
+
+    ids = torch.randint(3, 40_000, (rows, length), generator=torch.Generator().manual_seed(0))
+    labels = ids.masked_fill(torch.arange(length) < int(length * (1 - completion_share)), -100)
+    return ids, labels
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -38,22 +69,11 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from peft import LoraConfig, get_peft_model
-    from trl import SFTConfig
-    from trl.trainer.utils import add_fused_lm_head
 
-    from carelab.care.train.common import completion_positions_only, prepare_run
-    from carelab.models import load_model
+    from carelab.care.train.common import completion_positions_only
 
-    prepare_run(SFTConfig, {}, release_memory=args.release_freed_memory)
-    model, _ = load_model(args.model)
-    model.train()
-    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
-    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear"))
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.enable_input_require_grads()
-    ids = torch.randint(3, 40_000, (4, args.length), generator=torch.Generator().manual_seed(0))
-    labels = ids.masked_fill(torch.arange(args.length) < int(args.length * 0.8), -100)
+    model = sft_model(args.model, release_memory=args.release_freed_memory)
+    ids, labels = random_batch(4, args.length, completion_share=0.2)
     print(f"loaded: resident {resident_gb():.2f} GB, peak {peak_rss_gb():.2f} GB", flush=True)
     for _ in range(args.passes):
         c0 = time.process_time()

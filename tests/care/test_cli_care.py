@@ -45,6 +45,8 @@ def test_reproduce_chain_on_toy_preset(tmp_path):
     for stage in ("1-synthetic-data", "2-sft-data", "3-sft", "4-grpo", "5-eval", "6-grpo-no-retrieval-reward",
                   "6-grpo-no-curriculum", "7-eval-ablations"):
         assert (out / "stages" / f"{stage}.done.json").exists(), stage
+    sft_marker = json.loads((out / "stages" / "3-sft.done.json").read_text())
+    assert sft_marker["peak_rss_gb"] > 0  # each stage's own peak (Linux)
     report = (out / "eval" / "report.md").read_text()
     for label in ("Original", "CARE-prompt", "SFT-only", "CARE"):
         assert label in report

@@ -14,6 +14,7 @@ from carelab.care.train import shared_prefix
 from carelab.care.train.config import GRPORunConfig, SFTRunConfig
 from carelab.care.train.grpo import run_grpo
 from carelab.care.train.heldout import (
+    arm_difference,
     best_heldout_step,
     heldout_summary,
     read_heldout,
@@ -222,6 +223,32 @@ def test_heldout_summary_pairs_each_reward_with_the_first():
     assert (last["accuracy_change"], last["accuracy_change_lo"], last["accuracy_change_hi"]) == pytest.approx(
         (0.0, 0.0, 0.0))
     assert first["reward_lo"] <= 0.5 <= first["reward_hi"]
+
+
+def _dev(step, retrieval, accuracy, ids=("p1", "p2")):
+    total = [0.4 * r + 0.5 * a for r, a in zip(retrieval, accuracy, strict=True)]
+    return {"step": step, "n": len(ids), "ids": list(ids), "per_item": total,
+            "per_item_scores": {"retrieval": retrieval, "accuracy": accuracy, "total": total}}
+
+
+def test_arm_difference_pairs_two_runs_per_prompt():
+    """Hand-checkable: from the same start, A's retrieval rises by 1 on both prompts, B's on one (+0.5); accuracy
+    moves in neither. A − B is +0.5 on retrieval (both prompts differ by 1 and 0) and 0 on accuracy."""
+    start = _dev(0, [0.0, 0.0], [1.0, 0.0])
+    run_a = [start, _dev(80, [1.0, 1.0], [1.0, 0.0])]
+    run_b = [start, _dev(40, [0.0, 0.0], [1.0, 0.0]), _dev(80, [1.0, 0.0], [1.0, 0.0])]
+    rows = {r["reward"]: r for r in arm_difference(run_a, run_b)}
+    assert rows["retrieval"]["step"] == 80 and rows["retrieval"]["n"] == 2 and rows["retrieval"]["same_start"]
+    assert rows["retrieval"]["a"] == pytest.approx((1.0, 1.0, 1.0))
+    assert rows["retrieval"]["b"][0] == pytest.approx(0.5)
+    assert rows["retrieval"]["difference"] == pytest.approx((0.5, 0.0, 1.0))  # resamples: both 0, both 1, mixed
+    assert rows["accuracy"]["difference"] == pytest.approx((0.0, 0.0, 0.0))
+    assert rows["total"]["difference"][0] == pytest.approx(0.2)  # 0.4 × 0.5
+    assert list(rows) == ["total", "retrieval", "accuracy"]
+    with pytest.raises(ValueError, match="step 40 is not evaluated in both"):
+        arm_difference(run_a, run_b, step=40)
+    with pytest.raises(ValueError, match="prompts differ"):
+        arm_difference(run_a, [_dev(0, [0.0, 0.0], [1.0, 0.0], ids=("p1", "p3"))], step=0)
 
 
 def test_split_heldout_is_disjoint_and_seeded():

@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
-from carelab import distributed
+from carelab import distributed, memory
 from carelab.care.eval.results import BUNDLED_LABEL
 from carelab.care.train.config import DEV_BEST_ADAPTER, FINAL_ADAPTER
 from carelab.presets import build_config, load_preset
@@ -78,13 +78,17 @@ def _run_stage(out: Path, name: str, fn, *args, main_only: bool = False, **kwarg
         return json.loads(marker.read_text()).get("result")
     if main:
         console.rule(f"[bold]{name}")
+    memory.reset_peak_rss()
     t0 = time.time()
     result = fn(*args, **kwargs) if main or not main_only else None
+    peak = memory.peak_rss_gb()
+    memory.release_heap()  # the next stage starts without this one's freed heap
     if main:
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"seconds": round(time.time() - t0, 1), "result": result}, default=str,
-                                     indent=2))
-        console.print(f"[green]✓ {name}[/] in {time.time() - t0:.0f} s")
+        marker.write_text(json.dumps({"seconds": round(time.time() - t0, 1), "peak_rss_gb": peak and round(peak, 3),
+                                      "result": result}, default=str, indent=2))
+        console.print(f"[green]✓ {name}[/] in {time.time() - t0:.0f} s"
+                      + (f", peak RSS {peak:.2f} GB" if peak is not None else ""))
     distributed.barrier()
     return result if main else json.loads(marker.read_text()).get("result")
 

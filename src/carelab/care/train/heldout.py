@@ -198,3 +198,41 @@ def write_heldout_report(run_dir: str | Path) -> Path | None:
     path = run / "heldout_reward.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def arm_difference(records_a: Sequence[dict], records_b: Sequence[dict], step: int | None = None) -> list[dict]:
+    """Two GRPO runs from one start on the same held-out prompts (CARE and an ablation): per reward, each run's
+    change since its first evaluation and A's change minus B's, paired per prompt, at ``step`` (default: the last
+    step both evaluated).
+
+    Why paired: both runs score the same prompts, so the prompt-to-prompt spread cancels in the difference. Where
+    both started from the same adapter, their first evaluations are identical and the difference is simply A − B
+    at ``step``. Rows: ``reward`` (``total`` first), ``n``, ``same_start``, and ``a``/``b``/``difference`` as
+    (mean, lo, hi).
+    """
+    from carelab.stats import bootstrap_ci, paired_difference_ci
+
+    by_step_a, by_step_b = {r["step"]: r for r in records_a}, {r["step"]: r for r in records_b}
+    common = sorted(set(by_step_a) & set(by_step_b))
+    if not records_a or not records_b or not common:
+        raise ValueError("the two runs share no evaluated step")
+    step = common[-1] if step is None else step
+    if step not in by_step_a or step not in by_step_b:
+        raise ValueError(f"step {step} is not evaluated in both runs (both have: {common})")
+    first_a, first_b = min(records_a, key=lambda r: r["step"]), min(records_b, key=lambda r: r["step"])
+    if first_a.get("ids") != first_b.get("ids") or by_step_a[step].get("ids") != first_a.get("ids"):
+        raise ValueError("the two runs' held-out prompts differ (ids): they cannot be paired")
+
+    def scores(rec: dict) -> dict[str, list[float]]:
+        return {"total": rec["per_item"], **{k: v for k, v in (rec.get("per_item_scores") or {}).items()
+                                             if k != "total"}}
+
+    start_a, start_b, end_a, end_b = scores(first_a), scores(first_b), scores(by_step_a[step]), scores(by_step_b[step])
+    rows = []
+    for name in [k for k in start_a if k in start_b and k in end_a and k in end_b]:
+        change_a = [e - s for e, s in zip(end_a[name], start_a[name], strict=True)]
+        change_b = [e - s for e, s in zip(end_b[name], start_b[name], strict=True)]
+        rows.append({"reward": name, "step": step, "n": len(change_a), "same_start": start_a[name] == start_b[name],
+                     "a": bootstrap_ci(change_a).as_tuple()[:3], "b": bootstrap_ci(change_b).as_tuple()[:3],
+                     "difference": paired_difference_ci(change_a, change_b).as_tuple()[:3]})
+    return rows

@@ -1,0 +1,35 @@
+"""Per-stage peak RSS and the heap handed back between stages (carelab.memory)."""
+
+import sys
+
+import pytest
+
+from carelab import memory
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self")
+
+
+def test_peak_window_resets_to_current_rss():
+    block = bytearray(256 * 1024**2)  # 256 MB, touched: resident
+    block[::4096] = b"x" * len(block[::4096])
+    old_peak = memory.peak_rss_gb()
+    del block  # a block this large is unmapped on free
+    memory.release_heap()
+    if not memory.reset_peak_rss():
+        pytest.skip("this kernel does not let a process reset its peak RSS")
+    assert memory.peak_rss_gb() < old_peak - 0.2  # the freed block is out of the new window
+    assert abs(memory.peak_rss_gb() - memory.rss_gb()) < 0.05
+
+
+def test_a_stage_peak_is_its_own():
+    memory.reset_peak_rss()
+    before = memory.peak_rss_gb()
+    block = bytearray(128 * 1024**2)
+    block[::4096] = b"y" * len(block[::4096])
+    grown = memory.peak_rss_gb()
+    del block
+    assert grown - before >= 0.12
+
+
+def test_release_heap_returns_a_bool():
+    assert isinstance(memory.release_heap(), bool)
