@@ -50,11 +50,11 @@ def sft_model(name: str, release_memory: bool = False, checkpointing: bool = Tru
     return model
 
 
-def random_batch(rows: int, length: int, completion_share: float):
+def random_batch(rows: int, length: int, completion_share: float, vocab: int = 40_000):
     """``rows`` × ``length`` random token ids, the last ``completion_share`` of each row labelled (the rest -100)."""
     import torch
 
-    ids = torch.randint(3, 40_000, (rows, length), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(3, vocab, (rows, length), generator=torch.Generator().manual_seed(0))
     labels = ids.masked_fill(torch.arange(length) < int(length * (1 - completion_share)), -100)
     return ids, labels
 

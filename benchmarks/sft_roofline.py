@@ -3,7 +3,8 @@
 Why: the issue asks for ≥ 2× today's SFT tokens/s. This bounds what any schedule of the same computation can
 reach here. It counts the FLOPs of one fwd+bwd pass of the CPU presets' SFT layer (``sft_model`` of
 sft_memory_probe.py) with PyTorch's FlopCounterMode, recomputation included, for three settings: today's (no
-checkpointing, LoRA dropout 0.05), the presets' (checkpointing, no dropout) and the cheapest (neither). It
+checkpointing, LoRA dropout 0.05, the LM head at every position), the presets' (checkpointing, no dropout,
+the head at the labelled positions) and the cheapest (the presets' without checkpointing). It
 times each pass, then times ``torch.mm`` at the model's own linear shapes. The ceiling is that matmul rate
 divided by the FLOPs per token: what a step would reach if it did nothing but its matmuls, at full speed.
 One process, one run; every pass after a warm-up pass.
@@ -21,17 +22,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from sft_memory_probe import random_batch, sft_model  # noqa: E402
 
-#: setting -> (gradient checkpointing, LoRA dropout)
-SETTINGS = {"today": (False, 0.05), "presets": (True, 0.0), "no-recompute": (False, 0.0)}
+#: setting -> (gradient checkpointing, LoRA dropout, LM head at the labelled positions only)
+SETTINGS = {"today": (False, 0.05, False), "presets": (True, 0.0, True), "no-recompute": (False, 0.0, True)}
 
 
-def one_pass(model, ids, labels) -> None:
-    """One fwd+bwd of the presets' loss (LM head at the labelled positions only)."""
+def one_pass(model, ids, labels, completion_head: bool) -> None:
+    """One fwd+bwd of the SFT loss (with ``completion_head``, the LM head at the labelled positions only)."""
     import torch
 
     from carelab.care.train.common import completion_positions_only
 
-    with completion_positions_only(True):
+    with completion_positions_only(completion_head):
         out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, fused_lm_head=True,
                     use_cache=False)
     out.loss.backward()
@@ -44,8 +45,8 @@ def matmul_rate(model, tokens: int, seconds: float = 2.0) -> float:
     import torch
 
     shapes: dict[tuple[int, int], int] = {}
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module.in_features > 64 and module.out_features > 64:
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and "lora_" not in name:  # the frozen layers: nearly all the FLOPs
             key = (module.in_features, module.out_features)
             shapes[key] = shapes.get(key, 0) + 1
     flops = secs = 0.0
@@ -72,17 +73,18 @@ def main() -> None:
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    ids, labels = random_batch(args.rows, args.length, args.completion_share)
-    tokens = ids.numel()
     results = {}
     rate = None
-    for name, (checkpointing, dropout) in SETTINGS.items():
+    for name, (checkpointing, dropout, completion_head) in SETTINGS.items():
         model = sft_model(args.model, checkpointing=checkpointing, lora_dropout=dropout)
+        ids, labels = random_batch(args.rows, args.length, args.completion_share,
+                                   vocab=min(40_000, model.config.vocab_size))
+        tokens = ids.numel()
         counter = FlopCounterMode(display=False)
         with counter:
-            one_pass(model, ids, labels)  # also the warm-up
+            one_pass(model, ids, labels, completion_head)  # also the warm-up
         t0, c0 = time.perf_counter(), time.process_time()
-        one_pass(model, ids, labels)
+        one_pass(model, ids, labels, completion_head)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         results[name] = {"gflop_per_token": counter.get_total_flops() / tokens / 1e9, "wall": wall, "cpu": cpu}
         if rate is None:

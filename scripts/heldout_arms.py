@@ -6,16 +6,21 @@ pairing by prompt removes the prompt-to-prompt spread that two separate curves w
 
     python scripts/heldout_arms.py RUN_A RUN_B [STEP] [LABEL_A] [LABEL_B]   # RUN_*: a GRPO folder or its heldout_reward.jsonl
 """
+import json
 import sys
 from pathlib import Path
 
-from carelab.care.train.heldout import HELDOUT_FILE, arm_difference, read_heldout
+from carelab.care.train.heldout import arm_difference, read_heldout
 from carelab.stats import format_ci
 
 
 def records(path: str) -> list[dict]:
+    """A GRPO folder's held-out records, or those of a held-out JSONL file (any name: copies under docs/results)."""
     p = Path(path)
-    return read_heldout(p.parent if p.name == HELDOUT_FILE else p)
+    if p.is_dir():
+        return read_heldout(p)
+    lines = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return sorted(lines, key=lambda r: r["step"])
 
 
 run_a, run_b = sys.argv[1], sys.argv[2]

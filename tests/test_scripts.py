@@ -34,3 +34,11 @@ def test_reward_curve_summary_gives_the_documented_run7_log():
     assert "rewards/retrieval/mean: 0.305 [0.241, 0.374]" in out
     assert "groups with no reward variance: 5 / 40" in out
     assert "KL to the reference: mean 0.0035, max 0.0088" in out
+
+
+def test_heldout_arms_gives_the_documented_run8_ablation():
+    out = _run("scripts/heldout_arms.py", str(CARE / "cpu-full-run8-heldout_reward.jsonl"),
+               str(CARE / "cpu-full-run8-noret-heldout_reward.jsonl"), "80", "CARE", "no-retrieval-reward")
+    assert "update 80, n = 24 dev prompts; same update-0 scores in both runs: True" in out
+    assert "| retrieval | +0.097 [-0.069, 0.271] | +0.083 [-0.042, 0.208] | +0.014 [-0.139, 0.167] |" in out
+    assert "| total | +0.047 [-0.022, 0.118] | +0.042 [-0.042, 0.121] | +0.006 [-0.099, 0.104] |" in out
