@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-CORE = {"runs", "models", "generation", "options", "cli_errors", "stats", "report"}
+CORE = {"runs", "models", "generation", "options", "cli_errors", "stats", "report", "memory"}
 SERVICES = {"streaming", "presets", "distributed", "vllm_support"}
 SYSTEMS = {"lora", "watermark", "diffusion"}
 #: (importer, imported) pairs allowed to run against the layers, as docs/architecture.md would list them: none.
