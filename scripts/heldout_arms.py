@@ -6,29 +6,17 @@ pairing by prompt removes the prompt-to-prompt spread that two separate curves w
 
     python scripts/heldout_arms.py RUN_A RUN_B [STEP] [LABEL_A] [LABEL_B]   # RUN_*: a GRPO folder or its heldout_reward.jsonl
 """
-import json
 import sys
-from pathlib import Path
 
 from carelab.care.train.heldout import arm_difference, read_heldout
 from carelab.stats import format_ci
-
-
-def records(path: str) -> list[dict]:
-    """A GRPO folder's held-out records, or those of a held-out JSONL file (any name: copies under docs/results)."""
-    p = Path(path)
-    if p.is_dir():
-        return read_heldout(p)
-    lines = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-    return sorted(lines, key=lambda r: r["step"])
-
 
 run_a, run_b = sys.argv[1], sys.argv[2]
 step = int(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[3] else None
 label_a = sys.argv[4] if len(sys.argv) > 4 else "A"
 label_b = sys.argv[5] if len(sys.argv) > 5 else "B"
 try:
-    rows = arm_difference(records(run_a), records(run_b), step)
+    rows = arm_difference(read_heldout(run_a), read_heldout(run_b), step)
 except ValueError as exc:
     sys.exit(f"{run_a} vs {run_b}: {exc}")
 print(f"update {rows[0]['step']}, n = {rows[0]['n']} dev prompts; same update-0 scores in both runs: "

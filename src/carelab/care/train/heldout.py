@@ -113,8 +113,9 @@ def best_heldout_step(records: Sequence[dict]) -> int | None:
 
 
 def read_heldout(run_dir: str | Path) -> list[dict]:
-    """The held-out reward records of a GRPO run, in step order (empty when it tracked none)."""
-    path = Path(run_dir) / HELDOUT_FILE
+    """The held-out reward records of a GRPO run, in step order (empty when it tracked none). ``run_dir`` may
+    also be such a JSONL file under another name (the copies kept under docs/results)."""
+    path = Path(run_dir) if Path(run_dir).is_file() else Path(run_dir) / HELDOUT_FILE
     if not path.exists():
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
