@@ -47,6 +47,7 @@ def test_reproduce_chain_on_toy_preset(tmp_path):
         assert (out / "stages" / f"{stage}.done.json").exists(), stage
     sft_marker = json.loads((out / "stages" / "3-sft.done.json").read_text())
     assert sft_marker["peak_rss_gb"] > 0  # each stage's own peak (Linux)
+    assert 0 < sft_marker["start_rss_gb"] <= sft_marker["peak_rss_gb"]  # what the stage inherited
     report = (out / "eval" / "report.md").read_text()
     for label in ("Original", "CARE-prompt", "SFT-only", "CARE"):
         assert label in report

@@ -482,6 +482,7 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
             if job.items:
                 by_label.setdefault(job.spec.name, []).append(job)
         for label, label_jobs in by_label.items():
+            model = None  # the previous method's weights are freed before the next load: one model resident, not two
             model, tok = model_for(label_jobs[0].spec.adapter)
             eos = _eos_strings(tok)
             bar.update(task, description=f"{label} · " + ", ".join(j.dataset.name for j in label_jobs))
