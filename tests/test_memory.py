@@ -34,20 +34,3 @@ def test_a_stage_peak_is_its_own():
 
 def test_release_heap_returns_a_bool():
     assert isinstance(memory.release_heap(), bool)
-
-
-def test_a_stage_in_its_own_process_reports_that_process():
-    import os
-
-    child_pid, start, peak = memory.in_own_process(os.getpid)
-    assert child_pid != os.getpid()  # really another process
-    assert 0 < start <= peak < 2  # an interpreter with carelab.memory imported, not this test process
-
-
-def test_an_input_error_crosses_the_process_boundary_as_one_line():
-    from carelab.presets import load_preset
-    from carelab.runs import InputError
-
-    with pytest.raises(InputError, match="no-such-preset: unknown preset") as err:
-        memory.in_own_process(load_preset, "no-such-preset")
-    assert err.value.path == "no-such-preset" and err.value.field is None

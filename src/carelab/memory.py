@@ -1,20 +1,16 @@
-"""Resident memory across the stages of one long job: each stage's own peak, the freed heap given back between
-stages, and a stage run in a process of its own.
+"""The process's resident memory between the stages of one long job: each stage's own peak, and the freed heap
+given back before the next stage starts.
 
-Why: ``carelab care reproduce`` (``make demo``) runs SFT, GRPO and evaluation one after another. Peak RSS only ever
-grows within a process, so without a reset the last stage reports the whole job's peak; glibc keeps the heap an
-earlier stage freed unless asked to return it; and what a stage leaves behind (heap that cannot be returned,
-caches) raises every later stage's floor, which only a fresh process avoids. Linux only; elsewhere the readings
-are None and the reset and trim are harmless no-ops.
+Why: ``carelab care reproduce`` (``make demo``) runs SFT, GRPO and evaluation in one process. Peak RSS only ever
+grows within a process, so without a reset the last stage reports the whole job's peak; and glibc keeps the heap
+an earlier stage freed unless asked to return it. Linux only; elsewhere every call is a harmless no-op.
 """
 
 from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -67,22 +63,3 @@ def release_heap() -> bool:
 
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
     return bool(trim and trim(0))
-
-
-def in_own_process(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float | None, float | None]:
-    """``fn(*args, **kwargs)`` run in a fresh (spawned) process: its result, that process's RSS when ``fn`` started
-    (interpreter and imports) and its peak RSS, GB.
-
-    The job's peak is then its largest stage's, not the sum of what earlier stages left resident. ``fn`` (a
-    module-level function), its arguments and its result must pickle; its exception is raised here.
-    """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_measured_call, fn, args, kwargs).result()
-
-
-def _measured_call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[Any, float | None, float | None]:
-    start = rss_gb()
-    return fn(*args, **kwargs), start, peak_rss_gb()

@@ -25,11 +25,7 @@ class InputError(ValueError):
         if field is not None:
             where += f", field '{field}'"
         super().__init__(f"{where}: {message}")
-        self.path, self.message, self.line, self.field = str(path), message, line, field
-
-    def __reduce__(self):
-        """Rebuilt from its parts when it crosses a process boundary (a stage run in its own process)."""
-        return type(self), (self.path, self.message, self.line, self.field)
+        self.path, self.line, self.field = str(path), line, field
 
 
 class CarelabWarning(UserWarning):

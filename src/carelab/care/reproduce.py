@@ -63,14 +63,11 @@ def _stage(out: Path, name: str) -> Path:
     return out / "stages" / f"{name}.done.json"
 
 
-def _run_stage(out: Path, name: str, fn, *args, main_only: bool = False, own_process: bool = False,
-               **kwargs) -> Any:
-    """Run ``fn`` unless its done-marker exists; record wall time and peak RSS in the marker.
+def _run_stage(out: Path, name: str, fn, *args, main_only: bool = False, **kwargs) -> Any:
+    """Run ``fn`` unless its done-marker exists; record wall time, peak RSS and the RSS it started from.
 
     Every process runs ``fn`` (training and item stages share their work) unless ``main_only``; the main
-    process writes the marker, and the others take the stage's result from it. With ``own_process`` and no
-    launcher, ``fn`` runs in a fresh process, so its peak memory is its own and not stacked on what earlier
-    stages left resident (under a launcher every rank keeps its process group and runs it in place).
+    process writes the marker, and the others take the stage's result from it.
     """
     marker = _stage(out, name)
     main = distributed.is_main()
@@ -81,15 +78,12 @@ def _run_stage(out: Path, name: str, fn, *args, main_only: bool = False, own_pro
         return json.loads(marker.read_text()).get("result")
     if main:
         console.rule(f"[bold]{name}")
+    memory.reset_peak_rss()
+    start_rss = memory.rss_gb()  # what the stage inherits: the floor of its peak window
     t0 = time.time()
-    if own_process and distributed.world_size() == 1:
-        result, start_rss, peak = memory.in_own_process(fn, *args, **kwargs)
-    else:
-        memory.reset_peak_rss()
-        start_rss = memory.rss_gb()  # what the stage inherits: the floor of its peak window
-        result = fn(*args, **kwargs) if main or not main_only else None
-        peak = memory.peak_rss_gb()
-        memory.release_heap()  # the next stage starts without this one's freed heap
+    result = fn(*args, **kwargs) if main or not main_only else None
+    peak = memory.peak_rss_gb()
+    memory.release_heap()  # the next stage starts without this one's freed heap
     if main:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"seconds": round(time.time() - t0, 1), "peak_rss_gb": peak and round(peak, 3),
@@ -351,16 +345,16 @@ def reproduce(preset: str, out: str | None = None, model: str | None = None, see
     else:
         data = _run_stage(root, "1-synthetic-data", _make_data, cfg, root / "data", main_only=True)
         _run_stage(root, "2-sft-data", _make_sft_data, data["sft"], root / "data" / "sft.jsonl")
-        _run_stage(root, "3-sft", _sft, cfg, str(root / "data" / "sft.jsonl"), root / "sft", own_process=True)
-        _run_stage(root, "4-grpo", _grpo, cfg, data, root / "sft", root / "grpo", own_process=True)
+        _run_stage(root, "3-sft", _sft, cfg, str(root / "data" / "sft.jsonl"), root / "sft")
+        _run_stage(root, "4-grpo", _grpo, cfg, data, root / "sft", root / "grpo")
         _run_stage(root, "5-eval", _evaluate, cfg, list(data["tests"].values()), _method_specs(cfg, root),
-                   root / "eval", own_process=True)
+                   root / "eval")
     if cfg.ablations:
         for label, setting in _selected_ablations(cfg).items():
             _run_stage(root, f"6-grpo-{label}", _grpo, cfg, data, main_root / "sft", root / f"grpo-{label}",
-                       own_process=True, **setting)
+                       **setting)
         _run_stage(root, "7-eval-ablations", _evaluate_ablations, cfg, data, main_root, root,
-                   root / "eval-ablations", own_process=True)
+                   root / "eval-ablations")
     if distributed.is_main():
         (root / "stages" / "total.json").write_text(json.dumps({"seconds_this_invocation": round(time.time() - t0, 1)}))
     return (root / "eval") if not cfg.base_run else (root / "eval-ablations")
