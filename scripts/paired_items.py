@@ -33,6 +33,8 @@ for ds in sorted({k[0] for k in new}):
     keys = [k for k in new if k[0] == ds and k in bundled]
     if ds == "CofCA":
         keys = [k for k in keys if new[k]["counterfactual"] == "True"]
+    if not keys:  # a method evaluated on fewer sets (the ablations) pairs only where both have rows
+        continue
     a, b = [100 * float(new[k]["f1"]) for k in keys], [100 * float(bundled[k]["f1"]) for k in keys]
     e = paired_difference_ci(a, b)
     q = paired_ratio_difference_ci([float(new[k]["n_exact"]) for k in keys], [float(new[k]["n_quotes"]) for k in keys],

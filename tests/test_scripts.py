@@ -27,6 +27,14 @@ def test_paired_items_takes_another_method_and_has_no_share_without_quotes():
     assert "SFT-only" in out and "a side has no quotes" in out
 
 
+def test_paired_items_pairs_an_ablation_only_on_its_own_sets():
+    # run 8's ablation was evaluated on two of the four sets; the pairing skips the others instead of failing.
+    items = str(CARE / "cpu-full-run8-items.csv")
+    out = _run("scripts/paired_items.py", items, items, "CARE", "no-retrieval-reward")
+    assert "CofCA: n=70 F1 +0.0 [-4.3, +4.3]  exact-quote share pts +2.7 [-0.3, +7.1]" in out
+    assert "test-multihop: n=100" in out and "test-longbench" not in out
+
+
 def test_reward_curve_summary_gives_the_documented_run7_log():
     out = _run("scripts/reward_curve_summary.py", str(CARE / "cpu-full-testlen-reward_curve.jsonl"))
     assert "40 logged groups" in out

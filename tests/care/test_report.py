@@ -90,6 +90,12 @@ def test_report_tables_chart_and_viewer(tmp_path, scripted_generation):
         "50.0 [0.0, 100.0]", "0.0 [0.0, 0.0]", "25.0 [0.0, 50.0]")
     assert (by["original"]["multihop_n"], by["original"]["counterfactual_n"], by["original"]["Avg_n"]) == (2, 1, 3)
 
+    # A method evaluated on only some of the sets (an ablation) gets no Avg: it would average other sets.
+    partial = [r for r in collect_rows(runs)
+               if not (r["label"] == "CARE" and r.get("dataset_name", r["dataset"]) == "counterfactual")]
+    by_partial = {r["Method"]: r for r in main_table(partial)[0]}
+    assert by_partial["CARE"]["Avg"] is None and by_partial["original"]["Avg"] == 25.0
+
     abl, _ = ablation_table(collect_rows(runs))
     assert [r["Method"] for r in abl] == ["Baseline (Original)", "SFT only", "No curriculum", "CARE"]
     assert abl[2]["Avg"] == pytest.approx((50.0 + 100.0) / 2)

@@ -85,8 +85,9 @@ def _row_for(rows: Sequence[dict], label: str, ds: str) -> dict | None:
 def _pivot(rows: Sequence[dict], metric: str, first_col: str = "Method") -> tuple[list[dict], list[str]]:
     """Labels × datasets of ``metric`` plus ``Avg``; each cell also has ``<col>_lo``/``_hi``/``_n`` when known.
 
-    The Avg interval is a stratified bootstrap over the per-item scores of the datasets the row has
-    (``stats.mean_of_means_ci``), so it weighs datasets equally, as the Avg itself does.
+    The Avg interval is a stratified bootstrap over the per-item scores of the datasets
+    (``stats.mean_of_means_ci``), so it weighs datasets equally, as the Avg itself does. A row missing some of the
+    datasets (an ablation evaluated on two sets) has no Avg: its mean would be over other sets than its neighbours'.
     """
     from carelab.stats import mean_of_means_ci
 
@@ -105,9 +106,10 @@ def _pivot(rows: Sequence[dict], metric: str, first_col: str = "Method") -> tupl
             if v is not None:
                 vals.append(v)
                 items.append(r.get("item_scores") if metric == "score" else None)
-        row["Avg"] = sum(vals) / len(vals) if vals else None
+        complete = bool(vals) and len(vals) == len(datasets)  # a mean over fewer sets is not comparable
+        row["Avg"] = sum(vals) / len(vals) if complete else None
         row["Avg_lo"] = row["Avg_hi"] = None
-        if vals and all(isinstance(x, dict) and x for x in items):
+        if complete and all(isinstance(x, dict) and x for x in items):
             est = mean_of_means_ci([list(x.values()) for x in items])
             row["Avg_lo"], row["Avg_hi"], row["Avg_n"] = est.lo, est.hi, est.n
         table.append(row)
@@ -446,15 +448,16 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, max_viewer
           "## Results (F1 ×100)", "",
           "QA F1 is LongBench's `qa_f1_score` (max over gold answers) ×100; on counterfactual (CofCA-shaped) "
           "files the number is F1 against the altered gold on the counterfactual items. Avg is the mean over "
-          f"the datasets shown. {CI_NOTE}", "",
+          "the datasets shown, left out (–) for a method evaluated on only some of them. "
+          f"{CI_NOTE}", "",
           markdown_table(with_ci(table, cols), cols)]
     diff = difference_table(rows)
     if diff:
         md += ["## Paired differences (F1 ×100)", "",
                "Each method minus the reference on the *same* items: the per-item differences are resampled "
                "jointly (paired bootstrap, 2000 resamples), which removes the item difficulty both methods share; "
-               "Avg resamples within each dataset. `*` = the 95 % interval excludes 0, i.e. these items tell the "
-               "two apart; otherwise the difference may be noise.", "",
+               "Avg resamples within each dataset and covers the datasets with pairs (see n). `*` = the 95 % "
+               "interval excludes 0, i.e. these items tell the two apart; otherwise the difference may be noise.", "",
                markdown_table(diff)]
     abl = ablation_table(rows)
     if abl:
