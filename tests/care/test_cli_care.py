@@ -39,9 +39,19 @@ def test_ask_json_on_tiny_model_with_truncation(tmp_path):
 
 def test_reproduce_chain_on_toy_preset(tmp_path):
     out = tmp_path / "run"
-    result = runner.invoke(app, ["care", "reproduce", "--preset", str(HERE / "data" / "tiny-preset.yaml"),
-                                 "--out", str(out)])
+    preset = ["care", "reproduce", "--preset", str(HERE / "data" / "tiny-preset.yaml"), "--out", str(out)]
+    bad = runner.invoke(app, [*preset, "--stop-after", "train"])
+    assert bad.exit_code != 0 and "unknown stop point 'train'" in bad.output and "Traceback" not in bad.output
+    # a first sitting ends at the dev curves: every GRPO run (the ablations' too) is done, nothing is evaluated
+    first = runner.invoke(app, [*preset, "--stop-after", "grpo"])
+    assert first.exit_code == 0, first.output
+    assert "Stopped after grpo" in first.output and "heldout_reward.md" in first.output
+    done = {p.name.removesuffix(".done.json") for p in (out / "stages").glob("*.done.json")}
+    assert done == {"1-synthetic-data", "2-sft-data", "3-sft", "4-grpo", "6-grpo-no-retrieval-reward",
+                    "6-grpo-no-curriculum"}
+    result = runner.invoke(app, preset)  # the second sitting resumes with the evaluations
     assert result.exit_code == 0, result.output
+    assert "4-grpo (done earlier, skipped)" in result.output
     for stage in ("1-synthetic-data", "2-sft-data", "3-sft", "4-grpo", "5-eval", "6-grpo-no-retrieval-reward",
                   "6-grpo-no-curriculum", "7-eval-ablations"):
         assert (out / "stages" / f"{stage}.done.json").exists(), stage

@@ -35,6 +35,9 @@ ABLATIONS = {"no-retrieval-reward": {"retrieval_reward": False}, "no-curriculum"
 EVAL_METHODS = ("original", "care-prompt", "sft-only", "care", "bundled")
 #: ``eval.checkpoint``: which GRPO adapter the CARE and ablation rows use
 CHECKPOINTS = {"final": FINAL_ADAPTER, "dev-best": DEV_BEST_ADAPTER}
+#: ``--stop-after``: the chain in order; stopping after ``grpo`` ends a sitting at the dev curve, and a rerun of
+#: the same command resumes with the next stage (``grpo`` also covers the ablations' GRPO runs)
+STOP_POINTS = ("data", "sft", "grpo", "eval")
 
 
 @dataclass
@@ -310,12 +313,22 @@ def _check_same_settings(cfg: ReproduceConfig, saved: Path) -> None:
 
 
 def reproduce(preset: str, out: str | None = None, model: str | None = None, seed: int | None = None,
-              ablations: bool | None = None, base_run: str | None = None) -> Path:
-    """Run (or resume) the whole chain for ``preset``; returns the main report folder.
+              ablations: bool | None = None, base_run: str | None = None,
+              stop_after: str | None = None) -> Path | None:
+    """Run (or resume) the whole chain for ``preset``; returns the main report folder (None when stopped early).
 
     With ``base_run`` (or ``base_run:`` in the preset) the data, SFT and CARE of that finished run are
-    reused and only the ablations are trained and evaluated.
+    reused and only the ablations are trained and evaluated. ``stop_after`` (one of ``STOP_POINTS``) ends the
+    invocation after that stage, so a long chain can be run in sittings that each fit the time at hand.
     """
+    if stop_after is not None and stop_after not in STOP_POINTS:
+        raise InputError(preset, f"unknown stop point {stop_after!r}; use {', '.join(STOP_POINTS)}",
+                         field="--stop-after")
+    last = STOP_POINTS.index(stop_after) if stop_after else len(STOP_POINTS) - 1
+
+    def stops_after(point: str) -> bool:
+        return STOP_POINTS.index(point) >= last
+
     raw = load_preset(preset)
     unknown = set(raw) - {"name", "description", "model", "seed", "ablations", "base_run", "data", "sft", "grpo",
                           "eval"}
@@ -340,21 +353,41 @@ def reproduce(preset: str, out: str | None = None, model: str | None = None, see
         if distributed.is_main():
             save_config(cfg, root, "reproduce_config.json")
     t0 = time.time()
+    stopped = _run_chain(cfg, root, main_root, stops_after)
+    if distributed.is_main():
+        (root / "stages" / "total.json").write_text(json.dumps({"seconds_this_invocation": round(time.time() - t0, 1)}))
+    if stopped:
+        if distributed.is_main():  # a sitting that ends at GRPO ends at its dev curve: say where it is
+            for report in sorted(root.glob("grpo*/heldout_reward.md")):
+                console.print(f"dev reward curve: [bold]{report.resolve()}[/]")
+        return None
+    return (root / "eval") if not cfg.base_run else (root / "eval-ablations")
+
+
+def _run_chain(cfg: ReproduceConfig, root: Path, main_root: Path, stops_after) -> bool:
+    """The stages in order, up to the stop point; True when it stopped before the last one."""
     if cfg.base_run:
         data = json.loads(_stage(main_root, "1-synthetic-data").read_text())["result"]
     else:
         data = _run_stage(root, "1-synthetic-data", _make_data, cfg, root / "data", main_only=True)
         _run_stage(root, "2-sft-data", _make_sft_data, data["sft"], root / "data" / "sft.jsonl")
+        if stops_after("data"):
+            return True
         _run_stage(root, "3-sft", _sft, cfg, str(root / "data" / "sft.jsonl"), root / "sft")
+    if stops_after("sft"):  # a base run's data and SFT are finished already
+        return True
+    if not cfg.base_run:
         _run_stage(root, "4-grpo", _grpo, cfg, data, root / "sft", root / "grpo")
-        _run_stage(root, "5-eval", _evaluate, cfg, list(data["tests"].values()), _method_specs(cfg, root),
-                   root / "eval")
     if cfg.ablations:
         for label, setting in _selected_ablations(cfg).items():
             _run_stage(root, f"6-grpo-{label}", _grpo, cfg, data, main_root / "sft", root / f"grpo-{label}",
                        **setting)
+    if stops_after("grpo"):
+        return True
+    if not cfg.base_run:
+        _run_stage(root, "5-eval", _evaluate, cfg, list(data["tests"].values()), _method_specs(cfg, root),
+                   root / "eval")
+    if cfg.ablations:
         _run_stage(root, "7-eval-ablations", _evaluate_ablations, cfg, data, main_root, root,
                    root / "eval-ablations")
-    if distributed.is_main():
-        (root / "stages" / "total.json").write_text(json.dumps({"seconds_this_invocation": round(time.time() - t0, 1)}))
-    return (root / "eval") if not cfg.base_run else (root / "eval-ablations")
+    return False

@@ -259,6 +259,8 @@ def reproduce_command(
     ablations: bool | None = typer.Option(None, "--ablations/--no-ablations", help="Also train the ablations."),
     base_run: str | None = typer.Option(None, "--base-run", help="Reuse this finished run's data, SFT and CARE "
                                         "(train and evaluate only the ablations)."),
+    stop_after: str | None = typer.Option(None, "--stop-after", help="End after this stage: data | sft | grpo | "
+                                          "eval. The same command without it resumes where this one stopped."),
 ) -> None:
     """The whole CARE chain in one resumable command: data → SFT data → SFT → GRPO → eval → report."""
     from carelab.care.eval.results import results_text
@@ -267,10 +269,15 @@ def reproduce_command(
     from carelab.runs import InputError
 
     try:
-        eval_dir = reproduce(preset, out=out, model=model, seed=seed, ablations=ablations, base_run=base_run)
+        eval_dir = reproduce(preset, out=out, model=model, seed=seed, ablations=ablations, base_run=base_run,
+                             stop_after=stop_after)
     except (InputError, ModelSpecError, FileNotFoundError) as exc:
         fail(str(exc))
     if not is_main():
+        return
+    if eval_dir is None:
+        console.print(f"Stopped after {stop_after}; the same command without --stop-after resumes with the next "
+                      "stage.")
         return
     console.rule("[bold]Results (F1 ×100)")
     console.print(results_text([str(eval_dir)]))
