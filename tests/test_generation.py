@@ -94,3 +94,42 @@ def test_shared_prefix_is_prefilled_once(tiny_qwen):
     assert new == old
     assert _shared_prefix([common, common]) == common[:-1]  # every prompt keeps a token of its own
     assert _shared_prefix([common]) == [] and _shared_prefix([[1, 2], [1, 3]]) == []
+
+
+def test_cache_kept_in_place_matches_generate(monkeypatch):
+    """Rows ending at many different steps: finished rows leave and new ones join inside the same KV buffers
+    (and the buffers regrow); the tokens still equal ``generate``'s.
+
+    Why a re-initialised model: the tiny random model repeats one token, so its rows all end at once and the
+    in-place paths would never run.
+    """
+    import collections
+
+    from carelab.generation import _slack_layer_class
+    from carelab.models import load_model
+
+    model, tok = load_model("tiny-random-qwen2")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.5)  # large weights: varied tokens, so rows end at different steps
+    prompts = _prompts(24, seed=1)
+    with torch.inference_mode():
+        free = [model.generate(input_ids=torch.tensor([p]), max_new_tokens=16, do_sample=False, eos_token_id=None,
+                               pad_token_id=tok.pad_token_id)[0, len(p):].tolist() for p in prompts]
+    eos = [t for t, _ in collections.Counter(t for f in free for t in f).most_common(3)]
+    monkeypatch.setattr(model.generation_config, "eos_token_id", eos)
+    layer = _slack_layer_class()
+    monkeypatch.setattr(layer, "room", 4)
+    calls: collections.Counter = collections.Counter()
+    for name in ("keep_rows", "join_rows", "reset_to"):
+        def counted(self, *args, _name=name, _f=getattr(layer, name)):
+            calls[_name] += 1
+            return _f(self, *args)
+        monkeypatch.setattr(layer, name, counted)
+    old, new = _both(model, tok, prompts, batch_size=5, max_new_tokens=16)
+    assert new == old
+    ends = {next((i for i, t in enumerate(f) if t in eos), 16) for f in free}
+    assert len(ends) > 5  # rows really ended at many different steps
+    assert calls["keep_rows"] and calls["join_rows"] and calls["reset_to"]  # each in-place path ran

@@ -268,19 +268,24 @@ class _ContinuousGreedy:
         return [r or "" for r in self.results]
 
     def _select(self, cache, mask, index):
-        """Keep the rows in ``index`` and drop leading columns that are padding in every remaining row."""
+        """Keep the rows in ``index`` and drop leading columns that are padding in every remaining row.
+
+        Done in place in each layer's buffers (no new cache): a row ends every few steps, and re-allocating
+        the whole cache each time fragmented glibc's heap until a 1,200-item evaluation held 6.9 GB.
+        """
         mask = mask.index_select(0, index)
         first = int(mask.any(dim=0).nonzero()[0]) if mask.numel() else 0
+        keep = index.tolist()
         for layer in self._layers(cache):
-            layer.reset_to(layer.keys.index_select(0, index)[:, :, first:],
-                           layer.values.index_select(0, index)[:, :, first:])
+            layer.keep_rows(keep, first)
         return mask[:, first:]
 
     def _join(self, cache, mask, joined: list) -> tuple[Any, Any]:
-        """Stack the running cache and the new rows' prefill caches, left-padded to one width.
+        """Add the new rows' prefill caches to the running cache, all left-padded to one width.
 
-        Built layer by layer, each old layer released as soon as it is copied, so joining never holds
-        more than one extra layer (peak memory stays ≈ one cache).
+        Where the running cache's buffers have free rows and enough columns, the rows are copied into them;
+        otherwise a new cache is built layer by layer, each old layer released as soon as it is copied, so
+        joining never holds more than one extra layer (peak memory stays ≈ one cache).
         """
         import torch
         import torch.nn.functional as F
@@ -290,15 +295,22 @@ class _ContinuousGreedy:
         masks = [F.pad(mask, (width - mask.shape[1], 0))] if cache is not None else []
         masks += [F.pad(mask.new_ones((1, kv[0][0].shape[2])), (width - kv[0][0].shape[2], 0)) for _, kv in joined]
         old = self._layers(cache) if cache is not None else []
+        in_place = bool(old) and old[0].can_join(len(joined), width)
         layers = []
         for li in range(len(joined[0][1])):
-            parts = [(old[li].keys, old[li].values)] if old else []
-            parts += [kv[li] for _, kv in joined]
-            layers.append(_slack_layer_class().stacked(parts, width))
-            if old:
-                old[li].release()
+            parts = [kv[li] for _, kv in joined]
+            if in_place:
+                old[li].join_rows(parts, width)
+            else:
+                if old:
+                    parts.insert(0, (old[li].keys, old[li].values))
+                layers.append(_slack_layer_class().stacked(parts, width, self.settings.batch_size))
+                if old:
+                    old[li].release()
             for _, kv in joined:
                 kv[li] = None
+        if in_place:
+            return cache, torch.cat(masks, dim=0)
         new_cache = DynamicCache()
         new_cache.layers = layers
         return new_cache, torch.cat(masks, dim=0)
@@ -341,47 +353,90 @@ def _slack_layer_class() -> type:
     from transformers.cache_utils import DynamicLayer
 
     class SlackLayer(DynamicLayer):
+        """Keys/values live in ``_kbuf``/``_vbuf`` (row capacity, heads, column capacity, head dim); the cache is
+        the view ``[:rows, :, start:start + length]``, so dropping rows or leading columns copies no buffer."""
+
         room = 128
 
         @classmethod
-        def stacked(cls, parts: list, width: int) -> SlackLayer:
+        def stacked(cls, parts: list, width: int, rows_capacity: int = 0) -> SlackLayer:
             """One layer holding ``parts`` ((keys, values) of several rows each) stacked on the batch axis,
-            each left-padded with zeros to ``width`` tokens (padding is masked; zeros keep it finite)."""
+            each left-padded with zeros to ``width`` tokens (padding is masked; zeros keep it finite), with
+            buffer rows for at least ``rows_capacity`` rows so that later rows can join in place."""
             keys0, values0 = parts[0]
             layer = cls()
             layer.dtype, layer.device, layer.is_initialized = keys0.dtype, keys0.device, True
             rows, heads = sum(k.shape[0] for k, _ in parts), keys0.shape[1]
-            layer._kbuf = keys0.new_zeros((rows, heads, width + cls.room, keys0.shape[-1]))
-            layer._vbuf = values0.new_zeros((rows, heads, width + cls.room, values0.shape[-1]))
+            capacity = max(rows, rows_capacity)
+            layer._kbuf = keys0.new_zeros((capacity, heads, width + cls.room, keys0.shape[-1]))
+            layer._vbuf = values0.new_zeros((capacity, heads, width + cls.room, values0.shape[-1]))
             r = 0
             for k, v in parts:
                 layer._kbuf[r:r + k.shape[0], :, width - k.shape[2]:width] = k
                 layer._vbuf[r:r + v.shape[0], :, width - v.shape[2]:width] = v
                 r += k.shape[0]
-            layer.keys, layer.values = layer._kbuf[:, :, :width], layer._vbuf[:, :, :width]
+            layer._show(rows, 0, width)
             return layer
+
+        def _show(self, rows: int, start: int, length: int) -> None:
+            self._start = start
+            self.keys = self._kbuf[:rows, :, start:start + length]
+            self.values = self._vbuf[:rows, :, start:start + length]
 
         def release(self) -> None:
             """Drop this layer's tensors (it has been copied into a new cache)."""
             self._kbuf = self._vbuf = self.keys = self.values = None
 
+        def keep_rows(self, index: list[int], drop: int) -> None:
+            """Keep the rows ``index`` (ascending) in this order, without the first ``drop`` columns; in place."""
+            s, n = self._start, self.keys.shape[-2]
+            for j, i in enumerate(index):  # j <= i: each row moves up into a slot already vacated
+                if i != j:
+                    self._kbuf[j, :, s + drop:s + n].copy_(self._kbuf[i, :, s + drop:s + n])
+                    self._vbuf[j, :, s + drop:s + n].copy_(self._vbuf[i, :, s + drop:s + n])
+            self._show(len(index), s + drop, n - drop)
+
+        def can_join(self, new_rows: int, width: int) -> bool:
+            """Whether ``new_rows`` rows fit in the free buffer rows with the cache widened to ``width``."""
+            rows, n = self.keys.shape[0], self.keys.shape[-2]
+            return rows + new_rows <= self._kbuf.shape[0] and width - n <= self._start
+
+        def join_rows(self, parts: list, width: int) -> None:
+            """Append ``parts`` ((keys, values) of new rows) below the rows held, everything left-padded with
+            zeros to ``width`` columns; the caller has checked :meth:`can_join`."""
+            r, n = self.keys.shape[0], self.keys.shape[-2]
+            s = self._start - (width - n)
+            self._kbuf[:r, :, s:self._start] = 0
+            self._vbuf[:r, :, s:self._start] = 0
+            for k, v in parts:
+                m, pad = k.shape[0], width - k.shape[2]
+                self._kbuf[r:r + m, :, s:s + pad] = 0
+                self._vbuf[r:r + m, :, s:s + pad] = 0
+                self._kbuf[r:r + m, :, s + pad:s + width] = k
+                self._vbuf[r:r + m, :, s + pad:s + width] = v
+                r += m
+            self._show(r, s, width)
+
         def reset_to(self, keys, values, room: int | None = None) -> None:
-            """Hold exactly ``keys``/``values`` (copied), with room for more tokens after them."""
+            """Hold exactly ``keys``/``values`` (copied) from column 0, with room for more tokens after them."""
             b, h, n, d = keys.shape
             extra = self.room if room is None else room
-            self._kbuf = keys.new_empty((b, h, n + extra, d))
-            self._vbuf = values.new_empty((b, h, n + extra, values.shape[-1]))
-            self._kbuf[:, :, :n] = keys
-            self._vbuf[:, :, :n] = values
-            self.keys, self.values = self._kbuf[:, :, :n], self._vbuf[:, :, :n]
+            capacity = max(b, self._kbuf.shape[0] if getattr(self, "_kbuf", None) is not None else 0)
+            kbuf = keys.new_empty((capacity, h, n + extra, d))
+            vbuf = values.new_empty((capacity, h, n + extra, values.shape[-1]))
+            kbuf[:b, :, :n] = keys
+            vbuf[:b, :, :n] = values
+            self._kbuf, self._vbuf = kbuf, vbuf
+            self._show(b, 0, n)
 
         def update(self, key_states, value_states, *args, **kwargs):
-            n, k = self.keys.shape[-2], key_states.shape[-2]
-            if n + k > self._kbuf.shape[-2]:
+            rows, n, k = self.keys.shape[0], self.keys.shape[-2], key_states.shape[-2]
+            if self._start + n + k > self._kbuf.shape[-2]:
                 self.reset_to(self.keys, self.values, k + self.room)
-            self._kbuf[:, :, n:n + k] = key_states
-            self._vbuf[:, :, n:n + k] = value_states
-            self.keys, self.values = self._kbuf[:, :, :n + k], self._vbuf[:, :, :n + k]
+            end = self._start + n
+            self._kbuf[:rows, :, end:end + k] = key_states
+            self._vbuf[:rows, :, end:end + k] = value_states
+            self._show(rows, self._start, n + k)
             return self.keys, self.values
 
     _SLACK_LAYER = SlackLayer
