@@ -244,7 +244,9 @@ class _ContinuousGreedy:
                         continue
                     joined.append((row, kv))
                 if joined:
-                    cache, mask = self._join(cache, mask, joined)
+                    # buffer rows for every row that can still be in flight at once, so later rows join in place
+                    capacity = min(batch, len(rows) + len(joined) + len(queue))
+                    cache, mask = self._join(cache, mask, joined, capacity)
                     rows += [row for row, _ in joined]
                 continue
             # One decode step for every row in flight: feed each row's last token.
@@ -280,12 +282,12 @@ class _ContinuousGreedy:
             layer.keep_rows(keep, first)
         return mask[:, first:]
 
-    def _join(self, cache, mask, joined: list) -> tuple[Any, Any]:
+    def _join(self, cache, mask, joined: list, capacity: int) -> tuple[Any, Any]:
         """Add the new rows' prefill caches to the running cache, all left-padded to one width.
 
         Where the running cache's buffers have free rows and enough columns, the rows are copied into them;
-        otherwise a new cache is built layer by layer, each old layer released as soon as it is copied, so
-        joining never holds more than one extra layer (peak memory stays ≈ one cache).
+        otherwise a new cache with buffer rows for ``capacity`` rows is built layer by layer, each old layer
+        released as soon as it is copied, so joining never holds more than one extra layer (peak ≈ one cache).
         """
         import torch
         import torch.nn.functional as F
@@ -304,7 +306,7 @@ class _ContinuousGreedy:
             else:
                 if old:
                     parts.insert(0, (old[li].keys, old[li].values))
-                layers.append(_slack_layer_class().stacked(parts, width, self.settings.batch_size))
+                layers.append(_slack_layer_class().stacked(parts, width, capacity))
                 if old:
                     old[li].release()
             for _, kv in joined:
