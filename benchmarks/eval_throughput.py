@@ -9,6 +9,7 @@ Goal: ≥ 2× items/s.
 
     python benchmarks/eval_throughput.py                     # 24 items (12 multi-hop + 12 counterfactual)
     python benchmarks/eval_throughput.py --n 12 --method original --configs old,new
+    python benchmarks/eval_throughput.py --configs old,new,new-realloc --batch-size 16 --n 48  # + KV in place
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ CONFIGS = {
     "new": (True, None, True, False),            # what `care eval` does now at the same --batch-size
     "new-unmerged": (True, None, False, False),  # attribution: without merging the LoRA
     "new-b16": (True, 16, True, False),          # more rows in flight (continuous batching makes this cheap)
+    "new-realloc": (True, None, True, False),    # attribution: KV cache re-allocated, no heap trim
 }
+#: settings that replay the engine's KV handling before commit 5978544 (see ``replay_reallocating_cache``)
+REALLOCATING = {"new-realloc"}
 
 
 def make_data(folder: Path, n: int, seed: int) -> list[str]:
@@ -39,6 +43,33 @@ def make_data(folder: Path, n: int, seed: int) -> list[str]:
 
     return [str(synth.write("hotpotqa", n - n // 2, seed, folder / "multihop.json", split="test", context_words=300)),
             str(synth.write("cofca", n // 2, seed, folder / "counterfactual.jsonl", split="test", context_words=400))]
+
+
+def replay_reallocating_cache() -> None:
+    """Make the continuous engine re-allocate its whole KV cache at every finished row and every join, without
+    trimming the heap, as it did before commit 5978544 (in-place cache) and the heap trim after each join:
+    the memory and time those two changes bought."""
+    import torch
+
+    from carelab import generation
+    from carelab.generation import _slack_layer_class
+
+    generation.trim_heap = lambda: False
+
+    layer = _slack_layer_class()
+    reset_to, stacked = layer.reset_to, layer.stacked.__func__
+
+    def exact_reset_to(self, keys, values, room=None):
+        self._kbuf = None  # buffers of exactly the rows held (the views keep the old storage alive until copied)
+        reset_to(self, keys, values, room)
+
+    def keep_rows(self, index, drop):
+        rows = torch.tensor(index, dtype=torch.long, device=self.keys.device)
+        self.reset_to(self.keys.index_select(0, rows)[:, :, drop:], self.values.index_select(0, rows)[:, :, drop:])
+
+    layer.reset_to, layer.keep_rows = exact_reset_to, keep_rows
+    layer.can_join = lambda self, new_rows, width: False
+    layer.stacked = classmethod(lambda cls, parts, width, rows_capacity=0: stacked(cls, parts, width))
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -53,6 +84,8 @@ def worker(args: argparse.Namespace) -> None:
     from carelab.models import context_window, load_model
 
     continuous, batch, merge, per_file = CONFIGS[args.worker]
+    if args.worker in REALLOCATING:
+        replay_reallocating_cache()
     torch.manual_seed(0)
     adapter = None if args.method != "care" else (args.adapter or str(bundled_folder()))
     model, tok = load_model(args.model, adapter=adapter, dtype=args.dtype)

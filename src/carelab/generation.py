@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from carelab.memory import trim_heap
+
 
 @dataclass
 class GenerationSettings:
@@ -248,6 +250,8 @@ class _ContinuousGreedy:
                     capacity = min(batch, len(rows) + len(joined) + len(queue))
                     cache, mask = self._join(cache, mask, joined, capacity)
                     rows += [row for row, _ in joined]
+                    # the prefill caches and any replaced buffers are free now: give their pages back
+                    trim_heap()
                 continue
             # One decode step for every row in flight: feed each row's last token.
             pending = torch.tensor([[r.tokens[-1]] for r in rows], dtype=torch.long, device=self.device)
