@@ -50,3 +50,14 @@ def test_heldout_arms_gives_the_documented_run8_ablation():
     assert "update 80, n = 24 dev prompts; same update-0 scores in both runs: True" in out
     assert "| retrieval | +0.097 [-0.069, 0.271] | +0.083 [-0.042, 0.208] | +0.014 [-0.139, 0.167] |" in out
     assert "| total | +0.047 [-0.022, 0.118] | +0.042 [-0.042, 0.121] | +0.006 [-0.099, 0.104] |" in out
+
+
+def test_memory_trace_runs_a_command_and_logs_the_heap_split(tmp_path):
+    import json
+
+    trace = tmp_path / "trace.jsonl"
+    out = _run("scripts/memory_trace.py", str(trace), "care", "--help")
+    assert "eval" in out  # the carelab command itself ran
+    rows = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert rows and {"rss_gb", "heap_gb", "in_use_gb", "free_kept_gb", "mapped_gb"} <= set(rows[-1])
+    assert 0 < rows[-1]["in_use_gb"] <= rows[-1]["heap_gb"] + rows[-1]["mapped_gb"]

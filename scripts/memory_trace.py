@@ -1,0 +1,68 @@
+"""Run one `carelab` command in this process and log its memory every few seconds: RSS and glibc's heap.
+
+Why: peak RSS alone cannot tell a leak from allocator fragmentation. glibc's ``mallinfo2`` splits the heap into
+bytes in use and bytes free but kept (holes), and counts what is mapped separately: a leak grows "in use", a
+fragmented heap grows "free". Linux/glibc only. One JSON line per sample (seconds, GB of 1024³ bytes):
+
+    python scripts/memory_trace.py trace.jsonl care eval -d data.jsonl -o runs/eval -m Original=original
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import sys
+import threading
+import time
+
+FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+
+
+class MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (glibc ≥ 2.33): every field a ``size_t``."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS]
+
+
+def sample() -> dict:
+    """RSS now and the heap split: held from the OS, in use, free but kept, mapped apart from the heap."""
+    from carelab.memory import rss_gb
+
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    gb = 1024**3
+    return {"rss_gb": round(rss_gb() or 0.0, 3), "heap_gb": round(info.arena / gb, 3),
+            "in_use_gb": round(info.uordblks / gb, 3), "free_kept_gb": round(info.fordblks / gb, 3),
+            "mapped_gb": round(info.hblkhd / gb, 3), "mapped_blocks": info.hblks}
+
+
+def main() -> None:
+    if len(sys.argv) < 3:
+        sys.exit("usage: python scripts/memory_trace.py TRACE.jsonl CARELAB-ARGS...")
+    out, args = sys.argv[1], sys.argv[2:]
+    every = 5.0
+    done = threading.Event()
+
+    def trace() -> None:
+        start = time.perf_counter()
+        with open(out, "w") as log:
+            while True:
+                log.write(json.dumps({"s": round(time.perf_counter() - start, 1), **sample()}) + "\n")
+                log.flush()
+                if done.wait(every):
+                    return
+
+    thread = threading.Thread(target=trace, daemon=True)
+    thread.start()
+    from carelab.cli import app
+
+    try:
+        app(args=args, prog_name="carelab")
+    finally:
+        done.set()
+        thread.join()
+
+
+if __name__ == "__main__":
+    main()
