@@ -64,8 +64,8 @@ def trim_heap() -> bool:
     """Hand glibc's free heap pages back to the OS (``malloc_trim(0)``); True where it released something.
 
     Why, besides :func:`release_heap`: a loop whose tensors grow (generation over prompts sorted by length)
-    frees blocks too small for its next ones; glibc keeps those holes resident unless trimmed. No collection
-    here, so it is cheap enough to call every few decoding steps.
+    frees blocks too small for its next ones; glibc keeps those holes resident unless trimmed (cpu-full's
+    evaluation: 6.89 GB before, 3.43 GB after). No collection here, so it is cheap enough for every join.
     """
     if not sys.platform.startswith("linux"):
         return False
