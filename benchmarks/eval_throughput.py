@@ -10,6 +10,7 @@ Goal: ≥ 2× items/s.
     python benchmarks/eval_throughput.py                     # 24 items (12 multi-hop + 12 counterfactual)
     python benchmarks/eval_throughput.py --n 12 --method original --configs old,new
     python benchmarks/eval_throughput.py --configs old,new,new-realloc --batch-size 16 --n 48  # + KV in place
+    python benchmarks/eval_throughput.py --configs old,new,prefill-only --batch-size 16  # + the prefill bound
 """
 
 from __future__ import annotations
@@ -32,9 +33,13 @@ CONFIGS = {
     "new-unmerged": (True, None, False, False),  # attribution: without merging the LoRA
     "new-b16": (True, 16, True, False),          # more rows in flight (continuous batching makes this cheap)
     "new-realloc": (True, None, True, False),    # attribution: KV cache re-allocated, no heap trim
+    "prefill-only": (True, None, True, False),   # bound: only the engine's prompt prefills, no decoding
 }
 #: settings that replay the engine's KV handling before commit 5978544 (see ``replay_reallocating_cache``)
 REALLOCATING = {"new-realloc"}
+#: settings that time the prompts' prefill alone: work every engine must do, so old wall / this wall bounds
+#: the ratio any engine can reach on these items (Amdahl) while it computes every prompt token once
+PREFILL_ONLY = {"prefill-only"}
 
 
 def make_data(folder: Path, n: int, seed: int) -> list[str]:
@@ -80,7 +85,13 @@ def worker(args: argparse.Namespace) -> None:
     from carelab.care.eval import baselines
     from carelab.care.eval.harness import load_datasets, score_output
     from carelab.care.shipped import bundled_folder
-    from carelab.generation import GenerationSettings, chat_prompt_ids, generate_from_ids, merge_adapters
+    from carelab.generation import (
+        GenerationSettings,
+        _ContinuousGreedy,
+        chat_prompt_ids,
+        generate_from_ids,
+        merge_adapters,
+    )
     from carelab.models import context_window, load_model
 
     continuous, batch, merge, per_file = CONFIGS[args.worker]
@@ -106,7 +117,13 @@ def worker(args: argparse.Namespace) -> None:
                                   continuous=continuous)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     prompts = [it[2] for it in items]
-    if per_file:  # the old loop: per file, items sorted by length, one call per batch
+    if args.worker in PREFILL_ONLY:  # the prompts' prefill as the engine runs it (shared prefix once), no decode
+        engine = _ContinuousGreedy(model, tok, prompts, settings, None, None)
+        with torch.inference_mode():
+            for ids in prompts:
+                engine._prefill(ids)
+        raws = [""] * len(items)
+    elif per_file:  # the old loop: per file, items sorted by length, one call per batch
         raws, start = [""] * len(items), 0
         for size in files:
             order = sorted(range(start, start + size), key=lambda i: len(prompts[i]))
@@ -162,6 +179,8 @@ def main() -> None:
     unknown = [c for c in names if c not in CONFIGS]
     if unknown:
         ap.error(f"unknown config(s) {unknown}; choose from {list(CONFIGS)}")
+    if not names or names[0] in PREFILL_ONLY:
+        ap.error("the first config is the reference and must generate: put prefill-only after it")
     best: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         data = make_data(Path(tmp), args.n, args.seed)
@@ -181,7 +200,8 @@ def main() -> None:
                 print(f"{name}: outputs differ between repeats", file=sys.stderr)
             if name not in best or run["wall_s"] < best[name]["wall_s"]:
                 best[name] = run
-    results = [best[n] for n in names]
+    results = [best[n] for n in names if n not in PREFILL_ONLY]
+    bounds = [best[n] for n in names if n in PREFILL_ONLY]
     ref = results[0]
     rows = []
     for r in results:
@@ -197,6 +217,13 @@ def main() -> None:
           f"{ref['prompt_tokens'] / ref['items']:.0f} prompt tokens/item, "
           f"{ref['out_tokens'] / ref['items']:.0f} output tokens/item (reference), threads {args.threads}\n")
     print(markdown_table(rows, digits=2))
+    for bound in bounds:
+        print(f"\nprefill only ({bound['items']} prompts, {bound['prompt_tokens']} tokens, no decoding): "
+              f"{bound['wall_s']:.1f} s wall, {bound['cpu_s']:.1f} s CPU, peak RSS {bound['peak_rss_mb']:.0f} MB. "
+              f"Bound on the ratio to {ref['config']} if decoding cost nothing: "
+              f"{ref['wall_s'] / bound['wall_s']:.2f}x wall, {ref['cpu_s'] / bound['cpu_s']:.2f}x CPU. "
+              + "".join(f"{r['config']} spends {bound['wall_s'] / r['wall_s']:.0%} of its wall time in prefill. "
+                        for r in results[1:] if r["continuous"]))
     for r in results[1:]:
         for i, (a, b) in enumerate(zip(ref["raws"], r["raws"], strict=True)):
             if a != b:
