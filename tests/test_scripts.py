@@ -61,3 +61,11 @@ def test_memory_trace_runs_a_command_and_logs_the_heap_split(tmp_path):
     rows = [json.loads(line) for line in trace.read_text().splitlines()]
     assert rows and {"rss_gb", "heap_gb", "in_use_gb", "free_kept_gb", "mapped_gb"} <= set(rows[-1])
     assert 0 < rows[-1]["in_use_gb"] <= rows[-1]["heap_gb"] + rows[-1]["mapped_gb"]
+
+
+def test_paired_items_gives_the_documented_demo_care_minus_sft_only():
+    # docs/results/cpu-quick.md: the demo's six GRPO updates change no score of its SFT adapter's.
+    items = str(CARE / "cpu-quick-with-sft-only-items.csv")
+    out = _run("scripts/paired_items.py", items, items, "CARE", "SFT-only")
+    assert "Original rows identical F1 in both files: 60/60" in out
+    assert "CofCA: n=41 F1 +0.0 [+0.0, +0.0]" in out
