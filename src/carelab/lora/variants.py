@@ -154,8 +154,13 @@ def prepare_adapter(
     lr: float,
     weight_decay: float = 0.0,
     train_batches: Iterable[dict] | None = None,
+    seed: int | None = None,
 ) -> AdapterSetup:
     """Wrap ``model`` for adapter ``name`` (one of :data:`ADAPTER_CHOICES`) and return an :class:`AdapterSetup`.
+
+    ``seed`` seeds torch's generator right before the adapter's random initialisation (LoRA's A), so that a run
+    with a fixed seed starts from the same weights: the global generator's state at this point differs from
+    process to process (an unseeded SFT run drew a different A every time), and trainers seed only later.
 
     ``train_batches`` (dicts with ``input_ids`` [+ ``attention_mask``, ``labels``]) are required by
     ``lora-ga``, which estimates full-weight gradients on up to 8 of them before initialising A and B.
@@ -167,6 +172,8 @@ def prepare_adapter(
     key = _check_name(name)
     if r <= 0:
         raise ValueError(f"rank r must be positive, got {r}")
+    if seed is not None:
+        torch.manual_seed(seed)
     factory: OptimizerFactory | None = None
     notes: list[str] = []
     if key == "full":

@@ -203,7 +203,7 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     if reward_wrapper is not None:
         funcs = [reward_wrapper(f) for f in funcs]
     setup = prepare_adapter(cfg.adapter, model, r=cfg.lora_r, alpha=cfg.lora_alpha, lr=cfg.lr,
-                            weight_decay=cfg.weight_decay)
+                            weight_decay=cfg.weight_decay, seed=cfg.seed)
     model = setup.model
     args = GRPOConfig(**trl_options(GRPOConfig, cfg.trl, dict(
         output_dir=str(out), max_steps=cfg.max_steps, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,

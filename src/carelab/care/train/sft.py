@@ -87,7 +87,7 @@ def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> dict:
         split = dataset.train_test_split(test_size=cfg.eval_fraction, seed=cfg.seed)
         dataset, eval_ds = split["train"], split["test"]
     setup = prepare_adapter(cfg.adapter, model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                            lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
                             train_batches=_sft_batches(dataset, tok, cfg) if cfg.adapter == "lora-ga" else None)
     model = setup.model
     args = SFTConfig(**trl_options(SFTConfig, cfg.trl, dict(
