@@ -64,8 +64,8 @@ def test_memory_trace_runs_a_command_and_logs_the_heap_split(tmp_path):
 
 
 def test_paired_items_gives_the_documented_demo_care_minus_sft_only():
-    # docs/results/cpu-quick.md: the demo's six GRPO updates change no score of its SFT adapter's.
+    # docs/results/cpu-quick.md: the demo's six GRPO updates mend one of its SFT adapter's 41 altered-fact answers.
     items = str(CARE / "cpu-quick-with-sft-only-items.csv")
     out = _run("scripts/paired_items.py", items, items, "CARE", "SFT-only")
     assert "Original rows identical F1 in both files: 60/60" in out
-    assert "CofCA: n=41 F1 +0.0 [+0.0, +0.0]" in out
+    assert "CofCA: n=41 F1 +2.4 [+0.0, +7.3]" in out
