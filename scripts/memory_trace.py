@@ -26,11 +26,11 @@ class MallInfo2(ctypes.Structure):
 
 def sample() -> dict:
     """RSS now and the heap split: held from the OS, in use, free but kept, mapped apart from the heap."""
-    from carelab.memory import rss_gb
+    from carelab.memory import libc_function, rss_gb
 
-    libc = ctypes.CDLL(None)
-    libc.mallinfo2.restype = MallInfo2
-    info = libc.mallinfo2()
+    mallinfo2 = libc_function("mallinfo2")
+    mallinfo2.restype = MallInfo2
+    info = mallinfo2()
     gb = 1024**3
     return {"rss_gb": round(rss_gb() or 0.0, 3), "heap_gb": round(info.arena / gb, 3),
             "in_use_gb": round(info.uordblks / gb, 3), "free_kept_gb": round(info.fordblks / gb, 3),

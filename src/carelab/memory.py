@@ -68,15 +68,16 @@ def trim_heap() -> bool:
     frees blocks too small for its next ones; glibc keeps those holes resident unless trimmed (cpu-full's
     evaluation: 6.89 GB before, 3.43 GB after). No collection here, so it is cheap enough for every join.
     """
-    trim = _malloc_trim()
+    trim = libc_function("malloc_trim")
     return bool(trim and trim(0))
 
 
 @functools.cache
-def _malloc_trim():
-    """glibc's ``malloc_trim``, looked up once (the engine calls it at every join); None off Linux/glibc."""
+def libc_function(name: str):
+    """The C library's function ``name`` (e.g. glibc's ``malloc_trim``, ``mallopt``), looked up once per name (the
+    engine trims at every join); None off Linux or where the C library has no such function."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
 
-    return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    return getattr(ctypes.CDLL(None), name, None)

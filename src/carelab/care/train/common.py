@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +83,9 @@ _unmapping = False  # whether CPU_MMAP_THRESHOLD took in this process
 
 def _set_mmap_threshold(nbytes: int) -> bool:
     """``mallopt(M_MMAP_THRESHOLD, nbytes)`` of the C library this process runs on; False where there is none."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
+    from carelab.memory import libc_function
 
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    mallopt = libc_function("mallopt")
     return bool(mallopt and mallopt(_M_MMAP_THRESHOLD, nbytes))
 
 
