@@ -106,3 +106,11 @@ def test_paired_ratio_difference_hand_cases():
     assert paired_ratio_difference_ci([0], [0], [1], [1]).mean is None
     with pytest.raises(ValueError, match="same items"):
         paired_ratio_difference_ci([1], [1], [1, 1], [1, 1])
+
+
+def test_the_eval_speed_ratio_interval_in_care_eval_md():
+    # docs/care-eval.md: the mean of the five 1-thread old-vs-new ratios and its interval, from this function.
+    from carelab.stats import bootstrap_ci
+
+    mean, lo, hi, n = bootstrap_ci([2.03, 1.91, 1.71, 1.59, 1.48]).as_tuple()
+    assert (round(mean, 2), round(lo, 2), round(hi, 2), n) == (1.74, 1.57, 1.92, 5)
