@@ -11,6 +11,7 @@ Goal: ≥ 2× items/s.
     python benchmarks/eval_throughput.py --n 12 --method original --configs old,new
     python benchmarks/eval_throughput.py --configs old,new,new-realloc --batch-size 16 --n 48  # + KV in place
     python benchmarks/eval_throughput.py --configs old,new,prefill-only --batch-size 16  # + the prefill bound
+    python benchmarks/eval_throughput.py --configs old,new,new-no-draft,prefill-only --batch-size 16 --threads 2
 """
 
 from __future__ import annotations
@@ -26,14 +27,18 @@ import time
 from pathlib import Path
 
 #: name -> (continuous engine, batch size override or None for --batch-size, merge LoRA into the base,
-#: one generate call per batch of each file as `care eval` did before, instead of one call per method)
+#: one generate call per batch of each file as `care eval` did before, instead of one call per method,
+#: draft tokens checked per row and step: None for the engine's default, 0 for none)
 CONFIGS = {
-    "old": (False, None, False, True),           # the eval loop before: generate per padded batch per file
-    "new": (True, None, True, False),            # what `care eval` does now at the same --batch-size
-    "new-unmerged": (True, None, False, False),  # attribution: without merging the LoRA
-    "new-b16": (True, 16, True, False),          # more rows in flight (continuous batching makes this cheap)
-    "new-realloc": (True, None, True, False),    # attribution: KV cache re-allocated, no heap trim
-    "prefill-only": (True, None, True, False),   # bound: only the engine's prompt prefills, no decoding
+    "old": (False, None, False, True, None),           # the eval loop before: generate per padded batch per file
+    "new": (True, None, True, False, None),            # what `care eval` does now at the same --batch-size
+    "new-unmerged": (True, None, False, False, None),  # attribution: without merging the LoRA
+    "new-no-draft": (True, None, True, False, 0),      # attribution: without prompt-lookup drafts
+    "new-b16": (True, 16, True, False, None),          # more rows in flight (continuous batching makes this cheap)
+    "new-b32": (True, 32, True, False, None),          # twice the cpu presets' rows in flight: weights read once per 32
+    "old-b32": (False, 32, False, True, None),         # the old loop given the same 32 rows (fairness check for new-b32)
+    "new-realloc": (True, None, True, False, 0),       # attribution: KV cache re-allocated, no heap trim (no drafts)
+    "prefill-only": (True, None, True, False, None),   # bound: only the engine's prompt prefills, no decoding
 }
 #: settings that replay the engine's KV handling before commit 5978544 (see ``replay_reallocating_cache``)
 REALLOCATING = {"new-realloc"}
@@ -94,7 +99,7 @@ def worker(args: argparse.Namespace) -> None:
     )
     from carelab.models import context_window, load_model
 
-    continuous, batch, merge, per_file = CONFIGS[args.worker]
+    continuous, batch, merge, per_file, draft = CONFIGS[args.worker]
     if args.worker in REALLOCATING:
         replay_reallocating_cache()
     torch.manual_seed(0)
@@ -115,6 +120,8 @@ def worker(args: argparse.Namespace) -> None:
             items.append((ex, prepared, ids))
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=batch or args.batch_size,
                                   continuous=continuous)
+    if draft is not None:
+        settings.draft_tokens = draft
     cpu0, wall0 = time.process_time(), time.perf_counter()
     prompts = [it[2] for it in items]
     if args.worker in PREFILL_ONLY:  # the prompts' prefill as the engine runs it (shared prefix once), no decode

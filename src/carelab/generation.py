@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from carelab.memory import trim_heap
+from carelab.ngram_draft import Drafter, NgramIndex
 
 
 @dataclass
@@ -32,6 +33,9 @@ class GenerationSettings:
     seed: int = 0
     #: Greedy only: refill finished rows with waiting prompts instead of one ``generate`` call per batch.
     continuous: bool = True
+    #: Continuous engine: tokens guessed per row and step from n-grams of its prompt and of finished answers,
+    #: checked in the same forward pass (prompt-lookup decoding). Same tokens, fewer steps; 0 turns it off.
+    draft_tokens: int = 2
 
 
 def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -154,6 +158,20 @@ def _eos_ids(model, tokenizer) -> set[int]:
 class _Row:
     index: int
     tokens: list[int] = field(default_factory=list)
+    #: the prompt and the tokens so far, as a draft source (only when drafting)
+    seen: NgramIndex | None = None
+
+    def add(self, new: list[int], eos: set[int], limit: int) -> int:
+        """Append ``new`` up to the first end-of-sequence token or the token limit; returns how many were kept."""
+        kept = 0
+        for token in new:
+            if self.tokens and (self.tokens[-1] in eos or len(self.tokens) >= limit):
+                break
+            self.tokens.append(token)
+            kept += 1
+        if self.seen is not None:
+            self.seen.extend(new[:kept])
+        return kept
 
 
 class _ContinuousGreedy:
@@ -164,6 +182,11 @@ class _ContinuousGreedy:
     prompts are prefilled alone (no padding, the fast causal attention path) and joined in groups of at
     least a quarter of the batch, keeping the cache copies that joining costs rare. Positions and the
     attention mask follow ``generate``'s left-padding convention, so the tokens are the same.
+
+    With ``draft_tokens`` each step also feeds every row's guessed next tokens (:mod:`carelab.ngram_draft`)
+    and keeps the longest guessed prefix the model itself picks, plus the model's next token; the cache
+    columns of rejected guesses stay as masked holes (positions count only unmasked columns), so each kept
+    token sees exactly the context it would see one step at a time.
     """
 
     def __init__(self, model, tokenizer, prompts: Sequence[list[int]], settings: GenerationSettings,
@@ -180,13 +203,16 @@ class _ContinuousGreedy:
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
         self.prefix = _shared_prefix(prompts)
         self.prefix_kv: list | None = None
+        self.drafter = Drafter(settings.draft_tokens) if settings.draft_tokens > 0 else None
+        self.filler = _pad_id(tokenizer)
 
     # ------------------------------------------------------------------ model calls
-    def _forward(self, input_ids, cache=None, **kwargs):
-        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1,
+    def _forward(self, input_ids, cache=None, keep: int = 1, **kwargs):
+        """Logits of the last ``keep`` positions (rows, ``keep``, vocabulary) and the updated cache."""
+        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=keep,
                          **({self.cache_arg: cache} if cache is not None else {}), **kwargs)
         new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        return out.logits[:, -1, :], new_cache
+        return out.logits[:, -keep:, :], new_cache
 
     def _layers(self, cache) -> list:
         """The cache's per-layer key/value holders; only plain ``DynamicLayer`` (and ours) is supported."""
@@ -213,6 +239,8 @@ class _ContinuousGreedy:
 
     # ------------------------------------------------------------------ bookkeeping
     def _finish(self, row: _Row) -> None:
+        if self.drafter is not None:
+            self.drafter.finished(row.tokens)
         text = self.tok.decode(row.tokens, skip_special_tokens=True)
         self.results[row.index] = text
         if self.on_result is not None:
@@ -225,6 +253,10 @@ class _ContinuousGreedy:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> list[str]:
+        with _packed_gqa_attention(self.model):
+            return self._run()
+
+    def _run(self) -> list[str]:
         import torch
 
         batch = max(1, self.settings.batch_size)
@@ -240,7 +272,9 @@ class _ContinuousGreedy:
                     i = queue.popleft()
                     logits, new = self._prefill(self.prompts[i])
                     kv = [(layer.keys, layer.values) for layer in self._layers(new)]  # checked before any result
-                    row = _Row(i, [int(logits[0].argmax())])
+                    row = _Row(i, [int(logits[0, -1].argmax())])
+                    if self.drafter is not None:
+                        row.seen = NgramIndex(list(self.prompts[i]) + row.tokens)
                     if self._done(row):
                         self._finish(row)
                         continue
@@ -253,13 +287,22 @@ class _ContinuousGreedy:
                     # the prefill caches and any replaced buffers are free now: give their pages back
                     trim_heap()
                 continue
-            # One decode step for every row in flight: feed each row's last token.
-            pending = torch.tensor([[r.tokens[-1]] for r in rows], dtype=torch.long, device=self.device)
-            positions = mask.sum(dim=1, keepdim=True)
-            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-            logits, cache = self._forward(pending, cache, attention_mask=mask, position_ids=positions)
-            for r, tok in zip(rows, logits.argmax(dim=-1).tolist(), strict=True):
-                r.tokens.append(int(tok))
+            # One decode step for every row in flight: feed each row's last token and its guessed next ones.
+            drafts = [self.drafter.draft(r.seen) for r in rows] if self.drafter is not None else [[] for _ in rows]
+            width = 1 + _columns_worth_checking(drafts)
+            drafts = [d[:width - 1] for d in drafts]
+            fed = [[r.tokens[-1], *d] + [self.filler] * (width - 1 - len(d)) for r, d in zip(rows, drafts, strict=True)]
+            positions = mask.sum(dim=1, keepdim=True) + torch.arange(width, device=self.device)
+            mask = torch.cat([mask, mask.new_ones((len(rows), width))], dim=1)
+            logits, cache = self._forward(torch.tensor(fed, dtype=torch.long, device=self.device), cache, keep=width,
+                                          attention_mask=mask, position_ids=positions)
+            for k, (r, d, picks) in enumerate(zip(rows, drafts, logits.argmax(dim=-1).tolist(), strict=True)):
+                agreed = 0
+                while agreed < len(d) and d[agreed] == picks[agreed]:
+                    agreed += 1
+                r.add(d[:agreed] + [picks[agreed]], self.eos, self.settings.max_new_tokens)
+                if agreed + 1 < width:  # the columns of rejected guesses and fillers become masked holes
+                    mask[k, mask.shape[1] - width + agreed + 1:] = 0
             keep = [k for k, r in enumerate(rows) if not self._done(r)]
             if len(keep) < len(rows):
                 for k, r in enumerate(rows):
@@ -320,6 +363,19 @@ class _ContinuousGreedy:
         new_cache = DynamicCache()
         new_cache.layers = layers
         return new_cache, torch.cat(masks, dim=0)
+
+
+def _columns_worth_checking(drafts: list[list[int]]) -> int:
+    """Draft tokens to check this step: as many as at least half the rows have.
+
+    Why: every row is fed the same number of tokens (fillers where its draft is shorter), and on CPU each fed
+    token costs its share of the matmuls; checking a long draft of one row would make all the others pay.
+
+    >>> _columns_worth_checking([[1, 2, 3], [4], [], [5, 6]])  # two of the four rows have 2 or more
+    2
+    """
+    lengths = sorted((len(d) for d in drafts), reverse=True)
+    return lengths[(len(lengths) - 1) // 2] if lengths else 0
 
 
 #: A prefix shared by every prompt is prefilled once when it is at least this long (tokens).
@@ -447,3 +503,62 @@ def _slack_layer_class() -> type:
 
     _SLACK_LAYER = SlackLayer
     return SlackLayer
+
+
+#: The attention implementation the continuous engine swaps in for ``sdpa`` while it runs (registered once).
+PACKED_GQA_ATTENTION = "carelab_sdpa_packed_gqa"
+
+
+def _packed_gqa_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                     is_causal=None, position_bias=None, **kwargs):
+    """transformers' SDPA attention, except that several query tokens of a grouped-query model attend without
+    copying the keys and values once per query head.
+
+    Why: transformers packs the query heads of a key/value head together only for one query token; for more
+    (a step that checks drafted tokens) it repeats every row's cached keys and values for each query head,
+    which on CPU took longer than the step's matmuls. Here the query heads sharing a key/value head become extra
+    query rows of that head, and the mask is repeated to match: the same attention, no cache copy.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    batch, heads, length, dim = query.shape
+    if (groups == 1 or length == 1 or attention_mask is None or attention_mask.dim() != 4
+            or attention_mask.shape[1] != 1 or position_bias is not None or dropout or kwargs.get("softcap")):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, position_bias=position_bias, **kwargs)
+    import torch
+
+    packed = query.reshape(batch, heads // groups, groups * length, dim)
+    rows, width = attention_mask.shape[0], attention_mask.shape[-1]
+    mask = attention_mask[:, :, None].expand(rows, 1, groups, length, width).reshape(rows, 1, groups * length, width)
+    out = torch.nn.functional.scaled_dot_product_attention(packed, key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(batch, heads, length, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+class _packed_gqa_attention:  # noqa: N801 - used as a context manager, like a function
+    """Within the block, a model configured for ``sdpa`` uses :func:`_packed_gqa_sdpa` (restored afterwards)."""
+
+    _registered = False
+
+    def __init__(self, model) -> None:
+        self.config = getattr(model, "config", None)
+        self.saved: str | None = None
+
+    def __enter__(self):
+        if getattr(self.config, "_attn_implementation", None) != "sdpa":
+            return self
+        if not _packed_gqa_attention._registered:
+            from transformers import AttentionInterface
+            from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+            AttentionInterface.register(PACKED_GQA_ATTENTION, _packed_gqa_sdpa)
+            AttentionMaskInterface.register(PACKED_GQA_ATTENTION, sdpa_mask)
+            _packed_gqa_attention._registered = True
+        self.saved = self.config._attn_implementation
+        self.config._attn_implementation = PACKED_GQA_ATTENTION
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.saved is not None:
+            self.config._attn_implementation = self.saved
