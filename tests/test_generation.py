@@ -133,3 +133,113 @@ def test_cache_kept_in_place_matches_generate(monkeypatch):
     ends = {next((i for i, t in enumerate(f) if t in eos), 16) for f in free}
     assert len(ends) > 5  # rows really ended at many different steps
     assert calls["keep_rows"] and calls["join_rows"] and calls["reset_to"]  # each in-place path ran
+
+
+def _varied_model():
+    """The tiny model re-initialised with large weights: varied tokens (the plain one repeats one token)."""
+    from carelab.models import load_model
+
+    model, tok = load_model("tiny-random-qwen2")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.5)
+    return model, tok
+
+
+def _count_checked_tokens(monkeypatch) -> list[int]:
+    """Record how many tokens each row is fed per decoding step (1 without drafts)."""
+    from carelab.generation import _ContinuousGreedy
+
+    widths: list[int] = []
+    forward = _ContinuousGreedy._forward
+
+    def counted(self, input_ids, cache=None, keep=1, **kwargs):
+        if cache is not None and "position_ids" in kwargs:
+            widths.append(input_ids.shape[1])
+        return forward(self, input_ids, cache, keep=keep, **kwargs)
+
+    monkeypatch.setattr(_ContinuousGreedy, "_forward", counted)
+    return widths
+
+
+@pytest.mark.parametrize("varied", [False, True])
+def test_drafted_tokens_change_nothing_but_the_step_count(tiny_qwen, monkeypatch, varied):
+    """Guesses accepted (the plain tiny model repeats itself) and rejected (the varied one rarely does): the texts
+    equal ``generate``'s and the engine's without drafts, in fewer steps where guesses are right."""
+    model, tok = _varied_model() if varied else tiny_qwen
+    prompts = [p + p[:5] for p in _prompts(10, seed=6)]  # each prompt repeats its start: n-grams to look up
+    old = generate_from_ids(model, tok, prompts, GenerationSettings(continuous=False, batch_size=4,
+                                                                    max_new_tokens=12))
+    widths = _count_checked_tokens(monkeypatch)
+    plain = generate_from_ids(model, tok, prompts, GenerationSettings(batch_size=4, max_new_tokens=12,
+                                                                      draft_tokens=0))
+    plain_steps, widths[:] = len(widths), []
+    drafted = generate_from_ids(model, tok, prompts, GenerationSettings(batch_size=4, max_new_tokens=12,
+                                                                        draft_tokens=3))
+    assert drafted == plain == old
+    assert plain_steps and max(widths) > 1  # drafts were checked
+    if not varied:
+        assert len(widths) < plain_steps  # right guesses saved steps
+
+
+def test_packed_grouped_query_attention_equals_sdpa(tiny_qwen):
+    """Several query tokens over a cache with masked holes: the packed attention gives ``sdpa``'s logits."""
+    from transformers import DynamicCache
+
+    from carelab.generation import _packed_gqa_attention
+
+    model, _ = tiny_qwen
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # grouped-query: the packed path
+    ids = torch.tensor(_prompts(2, seed=7)[0][:12]).repeat(3, 1)
+    mask = torch.ones(3, 16, dtype=torch.long)
+    mask[0, :4] = 0      # left padding
+    mask[1, 6:8] = 0     # a hole left by rejected guesses
+    logits = []
+    for packed in (False, True):
+        with torch.inference_mode():
+            cache = DynamicCache()
+            model(input_ids=ids, attention_mask=mask[:, :12], cache=cache, use_cache=True)
+            positions = mask.cumsum(1)[:, 12:] - 1
+            if packed:
+                with _packed_gqa_attention(model):
+                    out = model(input_ids=ids[:, :4], attention_mask=mask, position_ids=positions, cache=cache)
+            else:
+                out = model(input_ids=ids[:, :4], attention_mask=mask, position_ids=positions, cache=cache)
+        logits.append(out.logits)
+    assert model.config._attn_implementation == "sdpa"  # restored after the block
+    torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-5)
+
+
+def test_partly_right_drafts_leave_holes_that_change_nothing(monkeypatch):
+    """Drafts whose first guess is right and second wrong: one token kept, the wrong guess's cache column
+    masked, later tokens attending across such holes; the texts still equal ``generate``'s.
+
+    Why a scripted drafter: with real n-gram guesses on a random model, steps are either all right or all wrong.
+    """
+    from carelab.ngram_draft import Drafter
+
+    model, tok = _varied_model()
+    prompts = _prompts(8, seed=8)
+    settings = dict(batch_size=3, max_new_tokens=10)
+    with torch.inference_mode():
+        truth = [model.generate(input_ids=torch.tensor([p]), max_new_tokens=10, do_sample=False,
+                                pad_token_id=tok.pad_token_id)[0, len(p):].tolist() for p in prompts]
+    kept: list[int] = []
+
+    def scripted(self, row):
+        i = next(i for i, p in enumerate(prompts) if row.tokens[:len(p)] == p)
+        done = len(row.tokens) - len(prompts[i])
+        guess = truth[i][done:done + 3]
+        return guess[:1] + [(t + 1) % model.config.vocab_size for t in guess[1:]]  # right, then wrong
+
+    from carelab.generation import _Row
+
+    monkeypatch.setattr(Drafter, "draft", scripted)
+    add = _Row.add
+    monkeypatch.setattr(_Row, "add", lambda self, new, eos, limit: kept.append(len(new)) or add(self, new, eos, limit))
+    old = generate_from_ids(model, tok, prompts, GenerationSettings(continuous=False, **settings))
+    new = generate_from_ids(model, tok, prompts, GenerationSettings(draft_tokens=3, **settings))
+    assert new == old
+    assert kept.count(2) > len(prompts)  # most steps kept the right guess plus the model's own next token
