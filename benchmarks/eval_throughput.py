@@ -34,6 +34,7 @@ CONFIGS = {
     "new": (True, None, True, False, None),            # what `care eval` does now at the same --batch-size
     "new-unmerged": (True, None, False, False, None),  # attribution: without merging the LoRA
     "new-no-draft": (True, None, True, False, 0),      # attribution: without prompt-lookup drafts
+    "new-draft2": (True, None, True, False, 2),        # up to 2 drafted tokens per row and step instead of 4
     "new-b16": (True, 16, True, False, None),          # more rows in flight (continuous batching makes this cheap)
     "new-b32": (True, 32, True, False, None),          # twice the cpu presets' rows in flight: weights read once per 32
     "old-b32": (False, 32, False, True, None),         # the old loop given the same 32 rows (fairness check for new-b32)

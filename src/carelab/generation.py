@@ -2,7 +2,8 @@
 
 Two engines, one API. Greedy decoding (the evaluation protocol) uses *continuous batching*: each prompt is
 prefilled alone (no padding), up to ``batch_size`` rows decode together, and a finished row is replaced
-by the next waiting prompt, so a batch never idles waiting for its longest member. Sampling, logits
+by the next waiting prompt, so a batch never idles waiting for its longest member; each step also checks
+a few tokens guessed from n-grams the row has already seen (prompt-lookup decoding). Sampling, logits
 processors and models whose KV cache is not a plain ``DynamicCache`` use one ``model.generate`` call per
 left-padded batch (``continuous=False`` forces that engine). On CPU this is the difference between
 minutes and hours; both engines give the same greedy tokens up to float rounding.
@@ -35,7 +36,7 @@ class GenerationSettings:
     continuous: bool = True
     #: Continuous engine: tokens guessed per row and step from n-grams of its prompt and of finished answers,
     #: checked in the same forward pass (prompt-lookup decoding). Same tokens, fewer steps; 0 turns it off.
-    draft_tokens: int = 2
+    draft_tokens: int = 4
 
 
 def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -161,8 +162,8 @@ class _Row:
     #: the prompt and the tokens so far, as a draft source (only when drafting)
     seen: NgramIndex | None = None
 
-    def add(self, new: list[int], eos: set[int], limit: int) -> int:
-        """Append ``new`` up to the first end-of-sequence token or the token limit; returns how many were kept."""
+    def add(self, new: list[int], eos: set[int], limit: int) -> None:
+        """Append ``new`` up to the first end-of-sequence token or the token limit (what a step kept may run past)."""
         kept = 0
         for token in new:
             if self.tokens and (self.tokens[-1] in eos or len(self.tokens) >= limit):
@@ -171,7 +172,6 @@ class _Row:
             kept += 1
         if self.seen is not None:
             self.seen.extend(new[:kept])
-        return kept
 
 
 class _ContinuousGreedy:
