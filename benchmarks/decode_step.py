@@ -31,7 +31,7 @@ def step_ms(model, layers_kv, rows: int, context: int, fed: int, repeats: int) -
         mask = torch.ones(rows, context + fed, dtype=torch.long)
         mask[: rows // 2, : context // 10] = 0  # some rows left-padded, as in a real batch
         positions = mask[:, :context].sum(1, keepdim=True) + torch.arange(fed)
-        ids = torch.randint(100, 30000, (rows, fed))
+        ids = torch.randint(0, model.config.vocab_size, (rows, fed))
         start = time.perf_counter()
         model(input_ids=ids, cache=cache, attention_mask=mask, position_ids=positions, use_cache=True,
               logits_to_keep=fed)
@@ -59,7 +59,8 @@ def main() -> None:
     model, _ = load_model(args.model)
     rows = []
     with torch.inference_mode():
-        out = model(input_ids=torch.randint(100, 30000, (1, args.context)), use_cache=True, logits_to_keep=1)
+        out = model(input_ids=torch.randint(0, model.config.vocab_size, (1, args.context)), use_cache=True,
+                    logits_to_keep=1)
         layers_kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         for fed in (int(t) for t in args.tokens.split(",")):
             copied = step_ms(model, layers_kv, args.rows, args.context, fed, args.repeats)
