@@ -195,8 +195,9 @@ def _trained_outputs() -> tuple[set[str], set[str]]:
 
 
 def test_documented_adapter_paths_are_folders_training_writes():
-    """``care@DIR`` must name an SFT ``--out`` or a GRPO run's ``final-adapter``/``grpo-adapter`` folder."""
-    from carelab.care.train.config import FINAL_ADAPTER
+    """``care@DIR`` must name an SFT ``--out`` or a GRPO run's ``final-adapter``/``grpo-adapter``/``dev-best-adapter``
+    folder."""
+    from carelab.care.train.config import DEV_BEST_ADAPTER, FINAL_ADAPTER
 
     sft_outs, grpo_outs = _trained_outputs()
     assert sft_outs and grpo_outs
@@ -213,7 +214,7 @@ def test_documented_adapter_paths_are_folders_training_writes():
             continue
         checked += 1
         folder = adapter.rstrip("/")
-        ok = folder in sft_outs or Path(folder).name in (FINAL_ADAPTER, "grpo-adapter")
+        ok = folder in sft_outs or Path(folder).name in (FINAL_ADAPTER, "grpo-adapter", DEV_BEST_ADAPTER)
         assert ok, f"{command}\n  {folder!r} is no folder `care sft`/`care grpo` writes ({FINAL_ADAPTER}/ of a GRPO --out)"
     assert checked
 
