@@ -35,6 +35,7 @@ CONFIGS = {
     "new-unmerged": (True, None, False, False, None),  # attribution: without merging the LoRA
     "new-no-draft": (True, None, True, False, 0),      # attribution: without prompt-lookup drafts
     "new-draft2": (True, None, True, False, 2),        # up to 2 drafted tokens per row and step instead of 4
+    "new-draft8": (True, None, True, False, 8),        # up to 8 drafted tokens per row and step instead of 4
     "new-b16": (True, 16, True, False, None),          # more rows in flight (continuous batching makes this cheap)
     "new-b32": (True, 32, True, False, None),          # twice the cpu presets' rows in flight: weights read once per 32
     "old-b32": (False, 32, False, True, None),         # the old loop given the same 32 rows (fairness check for new-b32)
@@ -127,7 +128,7 @@ def worker(args: argparse.Namespace) -> None:
     prompts = [it[2] for it in items]
     if args.worker in PREFILL_ONLY:  # the prompts' prefill as the engine runs it (shared prefix once), no decode
         engine = _ContinuousGreedy(model, tok, prompts, settings, None, None)
-        with torch.inference_mode():
+        with torch.inference_mode(), engine.attention:
             for ids in prompts:
                 engine._prefill(ids)
         raws = [""] * len(items)

@@ -184,6 +184,32 @@ def test_drafted_tokens_change_nothing_but_the_step_count(tiny_qwen, monkeypatch
         assert len(widths) < plain_steps  # right guesses saved steps
 
 
+def test_prefill_after_the_shared_prefix_runs_the_causal_kernel(tiny_qwen, monkeypatch):
+    """A prompt's prefill after the cached prefix takes the causal-kernel path inside the engine's attention
+    block and gives the logits and cache of transformers' masked SDPA outside it."""
+    from carelab import generation
+
+    model, tok = tiny_qwen
+    common = torch.randint(5, 200, (40,), generator=torch.Generator().manual_seed(4)).tolist()
+    prompts = [common + p for p in _prompts(3, seed=4)]
+    engine = generation._ContinuousGreedy(model, tok, prompts, GenerationSettings(), None, None)
+    assert len(engine.prefix) >= generation.MIN_SHARED_PREFIX
+    calls: list[int] = []
+    causal = generation._causal_after_prefix_sdpa
+    monkeypatch.setattr(generation, "_causal_after_prefix_sdpa", lambda *a: calls.append(1) or causal(*a))
+    with torch.inference_mode():
+        masked_logits, masked_cache = engine._prefill(prompts[1])
+        assert not calls  # outside the block the model runs transformers' sdpa
+        with engine.attention:
+            logits, cache = engine._prefill(prompts[1])
+    assert len(calls) == model.config.num_hidden_layers
+    torch.testing.assert_close(logits, masked_logits, rtol=1e-5, atol=1e-5)
+    for layer, masked in zip(cache.layers, masked_cache.layers, strict=True):
+        torch.testing.assert_close(layer.keys, masked.keys)
+        torch.testing.assert_close(layer.values, masked.values)
+    assert model.config._attn_implementation == "sdpa" and not engine.attention.active
+
+
 def test_packed_grouped_query_attention_equals_sdpa(tiny_qwen):
     """Several query tokens over a cache with masked holes: the packed attention gives ``sdpa``'s logits."""
     from transformers import DynamicCache

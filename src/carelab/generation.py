@@ -205,6 +205,7 @@ class _ContinuousGreedy:
         self.prefix_kv: list | None = None
         self.drafter = Drafter(settings.draft_tokens) if settings.draft_tokens > 0 else None
         self.filler = _pad_id(tokenizer)
+        self.attention = _packed_gqa_attention(model)
 
     # ------------------------------------------------------------------ model calls
     def _forward(self, input_ids, cache=None, keep: int = 1, **kwargs):
@@ -235,7 +236,9 @@ class _ContinuousGreedy:
             _, cache = self._forward(torch.tensor([self.prefix], dtype=torch.long, device=self.device))
             self.prefix_kv = [(layer.keys, layer.values) for layer in self._layers(cache)]
         suffix = torch.tensor([ids[n:]], dtype=torch.long, device=self.device)
-        return self._forward(suffix, DynamicCache(self.prefix_kv))
+        # one row, no padding: our attention can run the causal kernel instead of transformers' explicit mask
+        flag = {PREFILL_AFTER_PREFIX: True} if self.attention.active else {}
+        return self._forward(suffix, DynamicCache(self.prefix_kv), **flag)
 
     # ------------------------------------------------------------------ bookkeeping
     def _finish(self, row: _Row) -> None:
@@ -253,7 +256,7 @@ class _ContinuousGreedy:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> list[str]:
-        with _packed_gqa_attention(self.model):
+        with self.attention:
             return self._run()
 
     def _run(self) -> list[str]:
@@ -507,6 +510,8 @@ def _slack_layer_class() -> type:
 
 #: The attention implementation the continuous engine swaps in for ``sdpa`` while it runs (registered once).
 PACKED_GQA_ATTENTION = "carelab_sdpa_packed_gqa"
+#: Keyword the engine's prompt prefill passes down to that attention: one row without padding after a cached prefix.
+PREFILL_AFTER_PREFIX = "carelab_prefill_after_prefix"
 
 
 def _packed_gqa_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -518,9 +523,14 @@ def _packed_gqa_sdpa(module, query, key, value, attention_mask, dropout: float =
     (a step that checks drafted tokens) it repeats every row's cached keys and values for each query head,
     which on CPU took longer than the step's matmuls. Here the query heads sharing a key/value head become extra
     query rows of that head, and the mask is repeated to match: the same attention, no cache copy.
+    A prompt's prefill after the cached shared prefix (``PREFILL_AFTER_PREFIX``) runs the causal kernel instead.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    plain_causal = not (dropout or position_bias is not None or kwargs.get("softcap") or kwargs.get("sliding_window")
+                        or getattr(module, "sliding_window", None))
+    if kwargs.pop(PREFILL_AFTER_PREFIX, False) and plain_causal:
+        return _causal_after_prefix_sdpa(query, key, value, scaling)
     groups = getattr(module, "num_key_value_groups", 1)
     batch, heads, length, dim = query.shape
     if (groups == 1 or length == 1 or attention_mask is None or attention_mask.dim() != 4
@@ -536,6 +546,25 @@ def _packed_gqa_sdpa(module, query, key, value, attention_mask, dropout: float =
     return out.reshape(batch, heads, length, value.shape[-1]).transpose(1, 2).contiguous(), None
 
 
+def _causal_after_prefix_sdpa(query, key, value, scaling):
+    """Attention of one unpadded row's new tokens over a cached prefix and themselves, by the causal kernel.
+
+    Why: with fewer queries than keys transformers passes an explicit mask, and CPU SDPA then scores every
+    query-key block (and converts the mask per layer); a prompt's prefill after the shared prefix spent a quarter
+    of its time there. Prepending one zero query per prefix token makes queries and keys square, so the causal
+    kernel applies and skips the blocks above the diagonal; the dummy rows (prefix² / 2 scores) are dropped.
+    The scores each kept row sees are the same, and so were the logits, bit for bit, in our checks.
+    """
+    import torch
+
+    batch, heads, length, dim = query.shape
+    prefix = key.shape[2] - length
+    padded = torch.cat([query.new_zeros(batch, heads, prefix, dim), query], dim=2) if prefix else query
+    out = torch.nn.functional.scaled_dot_product_attention(padded, key, value, is_causal=True, scale=scaling,
+                                                           enable_gqa=heads != key.shape[1])
+    return out[:, :, prefix:].transpose(1, 2).contiguous(), None
+
+
 class _packed_gqa_attention:  # noqa: N801 - used as a context manager, like a function
     """Within the block, a model configured for ``sdpa`` uses :func:`_packed_gqa_sdpa` (restored afterwards)."""
 
@@ -544,6 +573,11 @@ class _packed_gqa_attention:  # noqa: N801 - used as a context manager, like a f
     def __init__(self, model) -> None:
         self.config = getattr(model, "config", None)
         self.saved: str | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the model runs :func:`_packed_gqa_sdpa` now (only it reads ``PREFILL_AFTER_PREFIX``)."""
+        return self.saved is not None
 
     def __enter__(self):
         if getattr(self.config, "_attn_implementation", None) != "sdpa":
@@ -561,4 +595,4 @@ class _packed_gqa_attention:  # noqa: N801 - used as a context manager, like a f
 
     def __exit__(self, *exc) -> None:
         if self.saved is not None:
-            self.config._attn_implementation = self.saved
+            self.config._attn_implementation, self.saved = self.saved, None
