@@ -51,3 +51,39 @@ def test_trim_gives_back_the_holes_between_live_blocks():
     assert before - memory.rss_gb() >= 0.15  # most of the 7/8 freed is handed back
     assert memory.rss_gb() < holes + 0.1
     assert len(kept) == 1000
+
+
+
+def test_kept_heap_restores_the_thresholds():
+    """Inside ``kept_heap`` the thresholds keep freed pages; afterwards they are what carelab set before, or glibc's."""
+    before = dict(memory._malloc_options)
+    with memory.kept_heap(max_free_bytes=1024**3):
+        if memory.libc_function("mallopt") is None:
+            pytest.skip("no glibc mallopt here")
+        assert memory._malloc_options[memory.M_TRIM_THRESHOLD] == 1024**3
+        assert memory._malloc_options[memory.M_MMAP_THRESHOLD] == memory.GLIBC_WARM[memory.M_MMAP_THRESHOLD]
+    warm = not before
+    expected = {memory.M_MMAP_THRESHOLD: before.get(memory.M_MMAP_THRESHOLD,
+                                                    memory.GLIBC_WARM[memory.M_MMAP_THRESHOLD]),
+                memory.M_TRIM_THRESHOLD: before.get(memory.M_TRIM_THRESHOLD,
+                                                    memory.GLIBC_WARM[memory.M_TRIM_THRESHOLD] if warm
+                                                    else memory.GLIBC_STATIC_TRIM)}
+    assert {k: memory._malloc_options[k] for k in expected} == expected
+
+
+def test_growth_trimmer_trims_only_after_resident_memory_grew():
+    """The first call trims; later ones only once RSS grew past the bound since the last trim (the engine's joins)."""
+    with memory.kept_heap():
+        trim = memory.GrowthTrimmer(max_growth_bytes=100 * 1024**2)
+        trim()
+        assert trim.after_last is not None
+        kept = [bytearray(b"k" * (64 * 1024)) for _ in range(160)]  # 10 MB: under the bound
+        assert not trim()
+        blocks = [bytearray(b"h" * (64 * 1024)) for _ in range(3200)]  # 200 MB, 7 of 8 freed: resident holes
+        kept += blocks[7::8]
+        del blocks
+        grown = memory.rss_gb()
+        assert grown - trim.after_last > 0.1
+        assert trim()  # over the bound: the holes are handed back
+        assert memory.rss_gb() < grown - 0.1
+        assert len(kept) == 560

@@ -76,17 +76,14 @@ def completion_positions_only(enabled: bool = True):
 
 #: glibc's mmap threshold (bytes) with --release-freed-memory: a freed tensor at least this big goes back to the OS
 CPU_MMAP_THRESHOLD = 256 * 1024
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
-_GLIBC_MAX_MMAP_THRESHOLD = 32 * 1024 * 1024  # where glibc's own threshold ends after the first large frees
 _unmapping = False  # whether CPU_MMAP_THRESHOLD took in this process
 
 
 def _set_mmap_threshold(nbytes: int) -> bool:
     """``mallopt(M_MMAP_THRESHOLD, nbytes)`` of the C library this process runs on; False where there is none."""
-    from carelab.memory import libc_function
+    from carelab.memory import M_MMAP_THRESHOLD, set_malloc_option
 
-    mallopt = libc_function("mallopt")
-    return bool(mallopt and mallopt(_M_MMAP_THRESHOLD, nbytes))
+    return set_malloc_option(M_MMAP_THRESHOLD, nbytes)
 
 
 def release_freed_memory() -> bool:
@@ -113,7 +110,9 @@ def heap_allocations():
     if not _unmapping:
         yield
         return
-    _set_mmap_threshold(_GLIBC_MAX_MMAP_THRESHOLD)
+    from carelab.memory import GLIBC_WARM, M_MMAP_THRESHOLD
+
+    _set_mmap_threshold(GLIBC_WARM[M_MMAP_THRESHOLD])
     try:
         yield
     finally:
