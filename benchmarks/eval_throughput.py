@@ -67,7 +67,7 @@ def replay_reallocating_cache() -> None:
     from carelab import generation
     from carelab.generation import _slack_layer_class
 
-    generation.GrowthTrimmer = lambda: (lambda: False)
+    generation.trim_heap = lambda: False
     generation.kept_heap = contextlib.nullcontext
 
     layer = _slack_layer_class()

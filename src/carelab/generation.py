@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from carelab.memory import GrowthTrimmer, kept_heap
+from carelab.memory import kept_heap, trim_heap
 from carelab.ngram_draft import Drafter, NgramIndex
 
 
@@ -267,7 +267,6 @@ class _ContinuousGreedy:
         rows: list[_Row] = []
         cache = None
         mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)
-        trim = GrowthTrimmer()
         while queue or rows:
             free = batch - len(rows)
             if queue and free and (not rows or free >= max(1, batch // 4) or free >= len(queue)):
@@ -288,9 +287,8 @@ class _ContinuousGreedy:
                     capacity = min(batch, len(rows) + len(joined) + len(queue))
                     cache, mask = self._join(cache, mask, joined, capacity)
                     rows += [row for row, _ in joined]
-                    # the prefill caches and any replaced buffers are free now: give their pages back where they
-                    # pile up (each prompt's prefill frees the same activations; those stay for the next one)
-                    trim()
+                    # the prefill caches and any replaced buffers are free now: give their pages back
+                    trim_heap()
                 continue
             # One decode step for every row in flight: feed each row's last token and its guessed next ones.
             drafts = [self.drafter.draft(r.seen) for r in rows] if self.drafter is not None else [[] for _ in rows]
