@@ -22,6 +22,7 @@ from carelab.care.train.heldout import (
     split_heldout,
 )
 from carelab.care.train.sft import run_sft
+from carelab.memory import GLIBC_WARM, M_MMAP_THRESHOLD
 from carelab.runs import InputError
 
 TINY = "tiny-random-qwen2"
@@ -158,8 +159,8 @@ def test_release_freed_memory_unmaps_training_and_keeps_the_heap_for_generation(
         run_grpo(_cfg(data, tmp_path / "unmap", beta=0.0, max_steps=2, heldout_prompts=2, heldout_steps=2,
                       release_freed_memory=True))
     finally:
-        set_threshold(common._GLIBC_MAX_MMAP_THRESHOLD)  # the rest of the test process: heap as usual
-    low, heap = common.CPU_MMAP_THRESHOLD, common._GLIBC_MAX_MMAP_THRESHOLD
+        set_threshold(GLIBC_WARM[M_MMAP_THRESHOLD])  # the rest of the test process: heap as usual
+    low, heap = common.CPU_MMAP_THRESHOLD, GLIBC_WARM[M_MMAP_THRESHOLD]
     assert calls[0] == low and calls.count(heap) >= 3  # two updates' rollouts, one held-out evaluation
     assert calls == [low] + [heap, low] * calls.count(heap)
 

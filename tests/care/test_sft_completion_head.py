@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from carelab.care.train import common
+from carelab.memory import GLIBC_WARM, M_MMAP_THRESHOLD
 
 TINY = "tiny-random-qwen2"
 
@@ -103,7 +104,7 @@ def test_release_freed_memory_fixes_glibc_mmap_threshold_on_cpu(monkeypatch):
     monkeypatch.setattr(common, "has_gpu", lambda: False)
     if platform.libc_ver()[0] == "glibc":
         assert common.release_freed_memory()
-    common._set_mmap_threshold(common._GLIBC_MAX_MMAP_THRESHOLD)  # the rest of the test process: heap as usual
+    common._set_mmap_threshold(GLIBC_WARM[M_MMAP_THRESHOLD])  # the rest of the test process: heap as usual
 
 
 def test_generation_allocates_from_the_heap_while_training_unmaps(monkeypatch):
@@ -116,5 +117,5 @@ def test_generation_allocates_from_the_heap_while_training_unmaps(monkeypatch):
     assert calls == []
     assert common.release_freed_memory()
     with common.heap_allocations():
-        assert calls == [common.CPU_MMAP_THRESHOLD, common._GLIBC_MAX_MMAP_THRESHOLD]
+        assert calls == [common.CPU_MMAP_THRESHOLD, GLIBC_WARM[M_MMAP_THRESHOLD]]
     assert calls[-1] == common.CPU_MMAP_THRESHOLD
