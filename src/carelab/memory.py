@@ -115,11 +115,10 @@ def kept_heap(max_free_bytes: int = KEPT_HEAP_BYTES) -> Iterator[None]:
 
     Why: a loop that allocates and frees the same activations (generation: each prompt's prefill, each step's
     logits) otherwise hands the top of the heap back at every free beyond 64 MB and page-faults it in again, zeroed,
-    at the next allocation (4–5 % of the evaluation engine's time in probes). Explicit :func:`trim_heap` calls still
-    hand holes back; on leaving, the heap is trimmed, so what was kept does not stack under the next stage (a second
-    model's weights: with no trim on leaving and trims only after 512 MB of growth, cpu-full's evaluation peaked at
-    4.19 GB). Restores what carelab set before,
-    else glibc's values.
+    at the next allocation (a few percent of the evaluation engine's time in probes). Explicit :func:`trim_heap`
+    calls still hand holes back; on leaving, the heap is trimmed, so what was kept does not stack under the next
+    stage (with no trim on leaving and trims only after 512 MB of growth, cpu-full's evaluation peaked at 4.19 GB).
+    Restores what carelab set before, else glibc's values.
     """
     warm = M_MMAP_THRESHOLD not in _malloc_options and M_TRIM_THRESHOLD not in _malloc_options
     saved = {M_MMAP_THRESHOLD: _malloc_options.get(M_MMAP_THRESHOLD, GLIBC_WARM[M_MMAP_THRESHOLD]),
