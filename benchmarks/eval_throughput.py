@@ -35,6 +35,7 @@ CONFIGS = {
     "new": (True, None, True, False, None),            # what `care eval` does now at the same --batch-size
     "new-unmerged": (True, None, False, False, None),  # attribution: without merging the LoRA
     "new-no-draft": (True, None, True, False, 0),      # attribution: without prompt-lookup drafts
+    "new-blas": (True, None, True, False, None),       # attribution: linears by torch's BLAS, not oneDNN
     "new-draft2": (True, None, True, False, 2),        # up to 2 drafted tokens per row and step instead of 4
     "new-draft8": (True, None, True, False, 8),        # up to 8 drafted tokens per row and step instead of 4
     "new-b16": (True, 16, True, False, None),          # more rows in flight (continuous batching makes this cheap)
@@ -45,6 +46,8 @@ CONFIGS = {
 }
 #: settings that replay the engine's KV handling before commit 5978544 (see ``replay_reallocating_cache``)
 REALLOCATING = {"new-realloc"}
+#: settings whose linears run on torch's BLAS (``CARELAB_LINEAR=blas``) instead of oneDNN (``carelab.onednn``)
+BLAS_LINEARS = {"new-blas"}
 #: settings that time the prompts' prefill alone: work every engine must do, so old wall / this wall bounds
 #: the ratio any engine can reach on these items (Amdahl) while it computes every prompt token once
 PREFILL_ONLY = {"prefill-only"}
@@ -90,6 +93,7 @@ def worker(args: argparse.Namespace) -> None:
     """Run one setting and print a JSON line: timings, peak RSS, raw outputs and scored predictions."""
     import torch
 
+    from carelab import onednn
     from carelab.care import format as care_format
     from carelab.care.eval import baselines
     from carelab.care.eval.harness import load_datasets, score_output
@@ -106,6 +110,8 @@ def worker(args: argparse.Namespace) -> None:
     continuous, batch, merge, per_file, draft = CONFIGS[args.worker]
     if args.worker in REALLOCATING:
         replay_reallocating_cache()
+    if args.worker in BLAS_LINEARS:
+        os.environ[onednn.BACKEND_ENV] = "blas"
     torch.manual_seed(0)
     adapter = None if args.method != "care" else (args.adapter or str(bundled_folder()))
     model, tok = load_model(args.model, adapter=adapter, dtype=args.dtype)
@@ -130,7 +136,7 @@ def worker(args: argparse.Namespace) -> None:
     prompts = [it[2] for it in items]
     if args.worker in PREFILL_ONLY:  # the prompts' prefill as the engine runs it (shared prefix once), no decode
         engine = _ContinuousGreedy(model, tok, prompts, settings, None, None)
-        with torch.inference_mode(), engine.attention:
+        with torch.inference_mode(), engine.attention, onednn.onednn_linears(engine.model):
             for ids in prompts:
                 engine._prefill(ids)
         raws = [""] * len(items)

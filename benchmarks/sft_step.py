@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from variants import HUGE_PAGES, SMALL_PAGES, dispatch, split_env  # noqa: E402
+from variants import HUGE_PAGES, ONEDNN, SMALL_PAGES, dispatch, split_env  # noqa: E402
 
 #: the default this benchmark's later work changed, switched back for the variants measured before it: the LM
 #: head over every position
@@ -49,6 +49,8 @@ VARIANTS["grad-ckpt+no-dropout+completion-head+unmap+huge-pages"] = dict(PRESET,
                                                                           env=HUGE_PAGES)
 # no recomputation: sft_roofline.py counts 0.46 instead of 0.68 GFLOP per token without checkpointing
 VARIANTS["no-dropout+completion-head+huge-pages"] = dict(PRESET, gradient_checkpointing=False, env=HUGE_PAGES)
+# the presets now: every linear layer by oneDNN instead of torch's BLAS (carelab.onednn)
+VARIANTS["grad-ckpt+no-dropout+completion-head+huge-pages+onednn"] = dict(PRESET, env=ONEDNN)
 
 
 def measure(variant: str, steps: int, model: str) -> dict:

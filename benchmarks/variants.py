@@ -14,10 +14,15 @@ import sys
 from collections.abc import Callable
 
 from carelab import HUGE_PAGES_ENV
+from carelab.onednn import BACKEND_ENV
 
+#: a variant's ``env`` for torch's BLAS in every linear layer, as before carelab sent them to oneDNN
+BLAS = {BACKEND_ENV: "blas"}
 #: a variant's ``env`` for PyTorch's CPU allocator on 4 KB pages, as before carelab turned huge pages on
-SMALL_PAGES = {HUGE_PAGES_ENV: "0"}
-HUGE_PAGES = {HUGE_PAGES_ENV: "1"}
+SMALL_PAGES = {HUGE_PAGES_ENV: "0", **BLAS}
+HUGE_PAGES = {HUGE_PAGES_ENV: "1", **BLAS}
+#: carelab's defaults now: huge pages, linear layers by oneDNN
+ONEDNN = {HUGE_PAGES_ENV: "1"}
 
 
 def split_env(spec: dict) -> dict:

@@ -19,6 +19,7 @@ from typing import Any
 
 from carelab.memory import kept_heap, trim_heap
 from carelab.ngram_draft import Drafter, NgramIndex
+from carelab.onednn import onednn_linears
 
 
 @dataclass
@@ -256,7 +257,7 @@ class _ContinuousGreedy:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> list[str]:
-        with self.attention, kept_heap():
+        with self.attention, onednn_linears(self.model), kept_heap():
             return self._run()
 
     def _run(self) -> list[str]:

@@ -34,6 +34,7 @@ from carelab.care.train.heldout import (
     split_heldout,
     write_heldout_report,
 )
+from carelab.onednn import onednn_linears
 from carelab.runs import InputError, save_config
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,8 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
                           callbacks=[summary_callback(), *extra_callbacks], optimizers=(optimizer, None))
     quiet_progress(trainer)
     resume = last_checkpoint(out) if cfg.resume else None
-    trainer.train(resume_from_checkpoint=resume)
+    with onednn_linears(model):
+        trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out / "grpo-adapter"))  # every process calls it; the main one writes
     history = [h for h in trainer.state.log_history if "reward" in h]
     final = out / FINAL_ADAPTER

@@ -24,6 +24,7 @@ from carelab.care.train.common import (
     summary_callback,
 )
 from carelab.care.train.config import SFTRunConfig, trl_options
+from carelab.onednn import onednn_linears
 from carelab.runs import InputError, read_jsonl, save_config
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,8 @@ def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> dict:
                           callbacks=callbacks, optimizers=(optimizer, None))
     quiet_progress(trainer)
     resume = last_checkpoint(out) if cfg.resume else None
-    result = trainer.train(resume_from_checkpoint=resume)
+    with onednn_linears(model):
+        result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out))  # every process calls it (sharded models gather); the main one writes
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     metrics = {"train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
