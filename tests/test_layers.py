@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-BASE = {"memory", "ngram_draft"}
+BASE = {"memory", "ngram_draft", "onednn"}
 CORE = {"runs", "models", "generation", "options", "cli_errors", "stats", "report"}
 SERVICES = {"streaming", "presets", "distributed", "vllm_support"}
 SYSTEMS = {"lora", "watermark", "diffusion"}
