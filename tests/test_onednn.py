@@ -56,7 +56,7 @@ def test_a_frozen_weight_gets_no_gradient_and_costs_no_weight_product(counted):
     assert len(counted) == 2  # forward and input gradient only
 
 
-def test_other_dtypes_and_inference_take_the_plain_paths(counted):
+def test_float64_stays_with_torch_and_inference_skips_autograd(counted):
     x, weight = torch.randn(4, 8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)
     torch.testing.assert_close(onednn.linear(x, weight), x @ weight.T)
     assert not counted  # float64 is torch's own

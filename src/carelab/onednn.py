@@ -1,9 +1,10 @@
 """fp32 linear layers on the CPU through oneDNN instead of torch's BLAS.
 
 Why: torch computes an fp32 ``nn.Linear`` on the CPU with its BLAS (MKL in the official wheels). On this project's
-2-core AMD EPYC machine MKL's kernels ran at 165–182 GFLOP/s while oneDNN's (also inside torch, the library
-inductor uses for CPU linears) ran the same products at 344–405 GFLOP/s (``benchmarks/linear_backend.py``), so
-every forward and backward matmul of a model costs about half. The numbers stay fp32: only the order of the
+2-core AMD EPYC machine, at SmolLM2's shapes and 80–2,048 tokens, MKL's kernels ran at 70–178 GFLOP/s while
+oneDNN's (also inside torch, the library inductor uses for CPU linears) ran the same products at 172–414 GFLOP/s,
+1.3–3.2× faster (``benchmarks/linear_backend.py``); only for 1–16 tokens through the small k/v and q/o layers
+was it slower. The numbers stay fp32: only the order of the
 additions differs, as between any two BLAS builds (errors against a float64 product of the same order).
 
 ``onednn_linears(model)`` switches every plain ``nn.Linear`` of a model for the duration of a block (generation,
