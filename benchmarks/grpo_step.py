@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from variants import HUGE_PAGES, ONEDNN, SMALL_PAGES, dispatch, split_env, timed  # noqa: E402
+from variants import FUSED_LORA, HUGE_PAGES, ONEDNN, SMALL_PAGES, dispatch, split_env, timed  # noqa: E402
 
 #: name -> GRPORunConfig overrides; ``today`` is the cpu-full preset before this benchmark existed.
 #: These ran with PyTorch's allocator on 4 KB pages, as carelab did before it turned huge pages on.
@@ -51,9 +51,12 @@ VARIANTS["shared-prompt+beta0.04+mu2+huge-pages"] = dict(_SMALL_PAGE_VARIANTS["s
 for _rows in (1, 2):
     VARIANTS[f"shared-prompt+beta0.04+mu2+huge-pages+recompute{_rows}"] = dict(
         _SMALL_PAGE_VARIANTS["shared-prompt+beta0.04+mu2"], env=HUGE_PAGES, recompute_rows=_rows)
-# the default now: cpu-full's settings with every linear layer by oneDNN instead of torch's BLAS (carelab.onednn)
+# cpu-full's settings with every linear layer by oneDNN instead of torch's BLAS (carelab.onednn) …
 VARIANTS["shared-prompt+beta0.04+mu2+huge-pages+recompute1+onednn"] = dict(
     _SMALL_PAGE_VARIANTS["shared-prompt+beta0.04+mu2"], env=ONEDNN, recompute_rows=1)
+# … and each LoRA layer one fused product (carelab.onednn.lora_linear): the default now
+VARIANTS["shared-prompt+beta0.04+mu2+huge-pages+recompute1+onednn+fused-lora"] = dict(
+    _SMALL_PAGE_VARIANTS["shared-prompt+beta0.04+mu2"], env=FUSED_LORA, recompute_rows=1)
 
 
 def measure(variant: str, steps: int, completion_tokens: int, model: str) -> dict:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from variants import HUGE_PAGES, ONEDNN, SMALL_PAGES, dispatch, split_env  # noqa: E402
+from variants import FUSED_LORA, HUGE_PAGES, ONEDNN, SMALL_PAGES, dispatch, split_env  # noqa: E402
 
 #: the default this benchmark's later work changed, switched back for the variants measured before it: the LM
 #: head over every position
@@ -51,6 +51,13 @@ VARIANTS["grad-ckpt+no-dropout+completion-head+unmap+huge-pages"] = dict(PRESET,
 VARIANTS["no-dropout+completion-head+huge-pages"] = dict(PRESET, gradient_checkpointing=False, env=HUGE_PAGES)
 # the presets now: every linear layer by oneDNN instead of torch's BLAS (carelab.onednn)
 VARIANTS["grad-ckpt+no-dropout+completion-head+huge-pages+onednn"] = dict(PRESET, env=ONEDNN)
+# every variant above attends with the padding mask, as carelab did before --causal-right-padding
+for _spec in VARIANTS.values():
+    _spec.setdefault("causal_right_padding", False)
+# the presets now: right-padded batches attend causally without the padding mask (--causal-right-padding) …
+VARIANTS["grad-ckpt+no-dropout+completion-head+huge-pages+onednn+causal"] = dict(PRESET, env=ONEDNN)
+# … and each LoRA layer one fused product (carelab.onednn.lora_linear)
+VARIANTS["grad-ckpt+no-dropout+completion-head+huge-pages+onednn+causal+fused-lora"] = dict(PRESET, env=FUSED_LORA)
 
 
 def measure(variant: str, steps: int, model: str) -> dict:

@@ -14,15 +14,17 @@ import sys
 from collections.abc import Callable
 
 from carelab import HUGE_PAGES_ENV
-from carelab.onednn import BACKEND_ENV
+from carelab.onednn import BACKEND_ENV, FUSED_LORA_ENV
 
 #: a variant's ``env`` for torch's BLAS in every linear layer, as before carelab sent them to oneDNN
 BLAS = {BACKEND_ENV: "blas"}
 #: a variant's ``env`` for PyTorch's CPU allocator on 4 KB pages, as before carelab turned huge pages on
 SMALL_PAGES = {HUGE_PAGES_ENV: "0", **BLAS}
 HUGE_PAGES = {HUGE_PAGES_ENV: "1", **BLAS}
-#: carelab's defaults now: huge pages, linear layers by oneDNN
-ONEDNN = {HUGE_PAGES_ENV: "1"}
+#: huge pages, linear layers by oneDNN, PEFT's LoRA layers as PEFT computes them (before carelab fused them)
+ONEDNN = {HUGE_PAGES_ENV: "1", FUSED_LORA_ENV: "0"}
+#: carelab's defaults now: huge pages, linear layers by oneDNN, each LoRA layer one fused product
+FUSED_LORA = {HUGE_PAGES_ENV: "1", FUSED_LORA_ENV: "1"}
 
 
 def split_env(spec: dict) -> dict:

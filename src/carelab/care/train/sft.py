@@ -6,6 +6,7 @@ adapter switch (LoRA variants, LoRA-Pro, full) lives in ``carelab.lora.variants`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -109,7 +110,7 @@ def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> dict:
 
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     optimizer = make_optimizer(setup, model, cfg.lr, cfg.weight_decay)
-    trainer_cls = _sft_trainer_class(cfg.completion_logits_only)
+    trainer_cls = _sft_trainer_class(cfg.completion_logits_only, cfg.causal_right_padding)
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, eval_dataset=eval_ds, processing_class=tok,
                           callbacks=callbacks, optimizers=(optimizer, None))
     quiet_progress(trainer)
@@ -128,19 +129,54 @@ def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> dict:
     return metrics
 
 
-def _sft_trainer_class(completion_logits_only: bool):
-    """TRL's SFTTrainer, with the LM head over the completion positions only when asked (built lazily: TRL
-    import is heavy)."""
+def _sft_trainer_class(completion_logits_only: bool, causal_right_padding: bool = True):
+    """TRL's SFTTrainer, with the LM head over the completion positions only and right-padded batches without their
+    padding mask when asked (built lazily: TRL import is heavy)."""
     from trl import SFTTrainer
 
     class CareSFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             """TRL's loss and its entropy / token-accuracy metrics, computed where the labels are."""
-            with completion_positions_only(completion_logits_only):
+            with (completion_positions_only(completion_logits_only),
+                  causal_mask_for_right_padding(model, causal_right_padding)):
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
 
     return CareSFTTrainer
+
+
+def is_right_padded(attention_mask, labels=None) -> bool:
+    """Whether every row is real tokens then padding (ones then zeros), with no label on a padded position."""
+    if attention_mask is None or attention_mask.dim() != 2 or not bool(attention_mask[:, 0].all()):
+        return False
+    if bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
+        return False
+    return labels is None or bool((labels[attention_mask == 0] == -100).all())
+
+
+@contextlib.contextmanager
+def causal_mask_for_right_padding(model, enabled: bool = True):
+    """Inside it, a right-padded batch reaches ``model`` without its padding mask: attention is causal only.
+
+    Why: with a padding mask, SDPA's CPU kernel attends over the whole square and adds the mask (measured: 29 % of
+    an SFT update); causal-only, it skips the blocks above the diagonal. With right padding every real token's
+    keys are the real tokens before it either way, so the outputs at real positions are the same, and the padded
+    positions carry no label. Left-padded or packed batches pass unchanged.
+    """
+    if not enabled:
+        yield
+        return
+
+    def drop_padding_mask(module, args, kwargs):
+        if is_right_padded(kwargs.get("attention_mask"), kwargs.get("labels")):
+            return args, {**kwargs, "attention_mask": None}
+        return None
+
+    handle = model.register_forward_pre_hook(drop_padding_mask, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _sft_batches(dataset, tok, cfg: SFTRunConfig):
