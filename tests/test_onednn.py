@@ -97,9 +97,15 @@ def test_blas_setting_switches_nothing(monkeypatch):
         onednn.enabled()
 
 
-def test_lora_training_step_matches_the_blas_step():
-    """A PEFT LoRA model's loss and adapter gradients are torch's (the training path: frozen base, trained adapter)."""
+@pytest.mark.parametrize("fused", ["1", "0"], ids=["fused-lora", "peft-lora"])
+def test_lora_training_step_matches_the_blas_step(fused, monkeypatch):
+    """A PEFT LoRA model's loss and adapter gradients are torch's (the training path: frozen base, trained adapter),
+    with each LoRA layer fused into one product or left to PEFT."""
     peft = pytest.importorskip("peft")
+    monkeypatch.setenv(onednn.FUSED_LORA_ENV, fused)
+    fused_calls = []
+    real = onednn.lora_linear
+    monkeypatch.setattr(onednn, "lora_linear", lambda *a: fused_calls.append(a[0].shape) or real(*a))
     torch.manual_seed(0)
     base = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 8))
     model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["0", "2"], init_lora_weights=False))
@@ -113,11 +119,60 @@ def test_lora_training_step_matches_the_blas_step():
 
     ref_loss, ref_grads = step()
     with onednn.onednn_linears(model) as block:
-        assert len(block.switched) == 6  # two base layers, each with lora_A and lora_B
+        # two base layers, each with lora_A and lora_B, and (fused) the two LoRA layers around them
+        assert len(block.switched) == (8 if fused == "1" else 6)
         loss, grads = step()
+    assert len(fused_calls) == (2 if fused == "1" else 0)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    assert all(grad.abs().sum() > 0 for grad in grads.values())
     for name, grad in grads.items():
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-5)
+
+
+def test_fused_lora_matches_peft_on_a_batch_of_sequences_with_bias():
+    """Value and the input, A and B gradients of one fused layer against PEFT's base + s · B(A x)."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 9, 24, requires_grad=True)
+    weight, bias = torch.randn(40, 24), torch.randn(40)
+    lora_a, lora_b = torch.randn(4, 24, requires_grad=True), torch.randn(40, 4, requires_grad=True)
+    upstream = torch.randn(2, 9, 40)
+
+    onednn.lora_linear(x, weight, bias, lora_a, lora_b, 0.5).backward(upstream)
+    ours = [t.grad.clone() for t in (x, lora_a, lora_b)]
+    for t in (x, lora_a, lora_b):
+        t.grad = None
+    reference = torch.nn.functional.linear(x, weight, bias) + (x @ lora_a.t() @ lora_b.t()) * 0.5
+    reference.backward(upstream)
+    torch.testing.assert_close(onednn.lora_linear(x, weight, bias, lora_a, lora_b, 0.5), reference,
+                               rtol=1e-5, atol=1e-5)
+    for got, t in zip(ours, (x, lora_a, lora_b), strict=True):
+        torch.testing.assert_close(got, t.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_layers_the_fused_product_cannot_copy_stay_with_peft(monkeypatch):
+    """LoRA dropout, disabled adapters and a trainable base layer keep PEFT's own forward."""
+    peft = pytest.importorskip("peft")
+    fused_calls = []
+    real = onednn.lora_linear
+    monkeypatch.setattr(onednn, "lora_linear", lambda *a: fused_calls.append(1) or real(*a))
+    x = torch.randn(3, 8)
+
+    dropout = peft.get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)),
+                                  peft.LoraConfig(r=2, target_modules=["0"], lora_dropout=0.1))
+    plain = peft.get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 8)), peft.LoraConfig(r=2, target_modules=["0"]))
+    with onednn.onednn_linears(dropout), onednn.onednn_linears(plain):
+        dropout(x)
+        with plain.disable_adapter():
+            plain(x)
+        plain.base_model.model[0].base_layer.weight.requires_grad_(True)
+        plain(x)
+        assert not fused_calls
+        plain.base_model.model[0].base_layer.weight.requires_grad_(False)
+        plain(x)
+        assert len(fused_calls) == 1
+    monkeypatch.setenv(onednn.FUSED_LORA_ENV, "yes")
+    with pytest.raises(ValueError, match=onednn.FUSED_LORA_ENV):
+        onednn.onednn_linears(plain).__enter__()
 
 
 def test_the_evaluation_engine_decodes_through_onednn_with_the_blas_tokens(counted, monkeypatch):

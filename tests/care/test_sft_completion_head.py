@@ -1,6 +1,7 @@
 """SFT with the LM head run at the completion positions only equals TRL's full pass: loss, LoRA gradients, metrics.
 
-Also --release-freed-memory's allocator switch (glibc's mmap threshold) and its heap mode for generation.
+Also right-padded batches without their padding mask (--causal-right-padding), --release-freed-memory's allocator
+switch (glibc's mmap threshold) and its heap mode for generation.
 """
 
 from __future__ import annotations
@@ -83,6 +84,77 @@ def test_completion_head_equals_the_full_pass(trainer, completion_rows, monkeypa
         assert full[0] == 0
     for key in ("entropy", "mean_token_accuracy"):  # TRL's logging still works
         assert ours[2][key] == pytest.approx(full[2][key], rel=1e-5, abs=1e-6), key
+
+
+def _layer_masks(trainer) -> list:
+    """Record the attention mask the first decoder layer receives (None: causal attention only)."""
+    seen: list = []
+    layer = trainer.model.get_base_model().model.layers[0]
+    layer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("attention_mask")), with_kwargs=True)
+    return seen
+
+
+def test_right_padded_batches_attend_causally_with_the_masked_loss_and_gradients(tmp_path):
+    """Same loss, LoRA gradients and metrics as with the padding mask; the layers really got no mask."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from trl import SFTConfig
+
+    from carelab.care.train.sft import _sft_trainer_class
+    from carelab.models import load_model
+
+    results = {}
+    for causal in (False, True):
+        torch.manual_seed(0)
+        model, tok = load_model(TINY, trainable=True)
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                 init_lora_weights=False))
+        row = {"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "yo"}]}
+        args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], max_steps=1, completion_only_loss=True,
+                         activation_checkpointing=False)
+        trainer = _sft_trainer_class(True, causal)(model=model, args=args, train_dataset=Dataset.from_list([row]),
+                                                  processing_class=tok)
+        seen = _layer_masks(trainer)
+        inputs = _batch(model.config.vocab_size, tok.pad_token_id)
+        results[causal] = _loss_grads_metrics(trainer, type(trainer).compute_loss, inputs)
+        assert (seen[-1] is None) == causal, causal
+    (masked_loss, masked_grads, masked_metrics), (loss, grads, metrics) = results[False], results[True]
+    torch.testing.assert_close(loss, masked_loss, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == masked_grads.keys() and any(g.abs().sum() > 0 for g in grads.values())
+    for name, grad in masked_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    for key in ("entropy", "mean_token_accuracy", "num_tokens"):
+        assert metrics[key] == pytest.approx(masked_metrics[key], rel=1e-5, abs=1e-6), key
+
+
+def test_only_right_padding_without_labels_on_it_counts_as_right_padded():
+    from carelab.care.train.sft import is_right_padded
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    labels = torch.tensor([[-100, 5, 6, -100], [-100, 5, 6, 7]])
+    assert is_right_padded(mask, labels) and is_right_padded(mask) and is_right_padded(torch.ones(2, 3))
+    assert not is_right_padded(torch.tensor([[0, 1, 1], [1, 1, 1]]))  # left padding
+    assert not is_right_padded(torch.tensor([[1, 0, 1]]))  # a hole
+    assert not is_right_padded(mask, torch.tensor([[-100, 5, 6, 9], [-100, 5, 6, 7]]))  # a label on a pad
+    assert not is_right_padded(None) and not is_right_padded(torch.ones(1, 1, 3, 3))
+
+
+def test_a_left_padded_batch_keeps_its_mask():
+    from carelab.care.train.sft import causal_mask_for_right_padding
+
+    seen: list = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, attention_mask=None):
+            seen.append(attention_mask)
+
+    model = Recorder()
+    left = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    with causal_mask_for_right_padding(model):
+        model(torch.zeros(1), attention_mask=left)
+        model(torch.zeros(1), attention_mask=torch.tensor([[1, 1, 0]]))
+    model(torch.zeros(1), attention_mask=torch.tensor([[1, 1, 0]]))  # the hook is gone after the block
+    assert seen[0] is left and seen[1] is None and seen[2] is not None
 
 
 def test_completion_head_restores_trl_device_check():
