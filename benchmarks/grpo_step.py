@@ -57,6 +57,9 @@ VARIANTS["shared-prompt+beta0.04+mu2+huge-pages+recompute1+onednn"] = dict(
 # … and each LoRA layer one fused product (carelab.onednn.lora_linear): the default now
 VARIANTS["shared-prompt+beta0.04+mu2+huge-pages+recompute1+onednn+fused-lora"] = dict(
     _SMALL_PAGE_VARIANTS["shared-prompt+beta0.04+mu2"], env=FUSED_LORA, recompute_rows=1)
+# the same defaults with four updates per generation batch and no reference model (μ = 4, β = 0)
+VARIANTS["shared-prompt+beta0+mu4+huge-pages+recompute1+onednn+fused-lora"] = dict(
+    _SMALL_PAGE_VARIANTS["shared-prompt+beta0+mu4"], env=FUSED_LORA, recompute_rows=1)
 
 
 def measure(variant: str, steps: int, completion_tokens: int, model: str) -> dict:
