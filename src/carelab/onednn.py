@@ -27,12 +27,17 @@ BACKEND_ENV = "CARELAB_LINEAR"
 FUSED_LORA_ENV = "CARELAB_FUSED_LORA"
 
 
+def _switch(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """The environment switch ``name`` (``default`` when unset); a value outside ``choices`` is a one-line error."""
+    choice = os.environ.get(name, default).strip().lower()
+    if choice not in choices:
+        raise ValueError(f"{name}={choice!r}: expected " + " or ".join(repr(c) for c in choices))
+    return choice
+
+
 def enabled() -> bool:
     """Whether fp32 CPU linears should go through oneDNN: asked for (default) and available in this torch build."""
-    choice = os.environ.get(BACKEND_ENV, "onednn").strip().lower()
-    if choice not in ("onednn", "blas"):
-        raise ValueError(f"{BACKEND_ENV}={choice!r}: expected 'onednn' or 'blas'")
-    if choice == "blas":
+    if _switch(BACKEND_ENV, "onednn", ("onednn", "blas")) == "blas":
         return False
     import torch
 
@@ -100,9 +105,8 @@ def lora_linear(x, weight, bias, lora_a, lora_b, scaling: float):
     product (differentiable in ``x``, ``A`` and ``B``).
 
     Why: PEFT adds the adapter's output to the base layer's with a scaling multiply and an add over the whole output,
-    forward and backward, and makes three small calls per layer (a profiled SFT update spent ~20 % in elementwise
-    multiplies and adds, by output volume about half of them LoRA's); here the rank-r product accumulates into the
-    base layer's output in place. Measured: GRPO updates 1.18× faster, SFT 1.02× (``docs/care.md``).
+    forward and backward, and makes three small calls per layer; here the rank-r product accumulates into the base
+    layer's output in place. Measured: GRPO updates 1.18× faster, SFT 1.02× (``docs/care.md``).
     """
     return _lora_function().apply(x, weight, bias, lora_a, lora_b, scaling)
 
@@ -179,10 +183,7 @@ def _lora_forward(module, x, *args, **kwargs):
 
 def _peft_lora_linear() -> type | None:
     """PEFT's LoRA linear layer class, or None without PEFT or when fusing is switched off."""
-    choice = os.environ.get(FUSED_LORA_ENV, "1").strip()
-    if choice not in ("0", "1"):
-        raise ValueError(f"{FUSED_LORA_ENV}={choice!r}: expected '1' or '0'")
-    if choice == "0":
+    if _switch(FUSED_LORA_ENV, "1", ("1", "0")) == "0":
         return None
     try:
         from peft.tuners.lora.layer import Linear

@@ -158,8 +158,8 @@ def is_right_padded(attention_mask, labels=None) -> bool:
 def causal_mask_for_right_padding(model, enabled: bool = True):
     """Inside it, a right-padded batch reaches ``model`` without its padding mask: attention is causal only.
 
-    Why: with a padding mask, SDPA's CPU kernel attends over the whole square and adds the mask (measured: 29 % of
-    an SFT update); causal-only, it skips the blocks above the diagonal. With right padding every real token's
+    Why: with a padding mask, SDPA's CPU kernel attends over the whole square and adds the mask; causal-only, it
+    skips the blocks above the diagonal (``benchmarks/sft_step.py``: 1.51× → 1.99× today's tokens/s). With right padding every real token's
     keys are the real tokens before it either way, so the outputs at real positions are the same, and the padded
     positions carry no label. Left-padded or packed batches pass unchanged.
     """
