@@ -69,3 +69,25 @@ def test_paired_items_gives_the_documented_demo_care_minus_sft_only():
     out = _run("scripts/paired_items.py", items, items, "CARE", "SFT-only")
     assert "Original rows identical F1 in both files: 60/60" in out
     assert "CofCA: n=41 F1 +2.4 [+0.0, +7.3]" in out
+
+
+def test_quote_counts_gives_the_documented_run9_counts():
+    # run 9's exact-quote share gain came with fewer quotes per answer, not more exact ones (cpu-full.md, run 9).
+    out = _run("scripts/quote_counts.py", str(CARE / "cpu-full-testlen-long-items.csv"), "CARE", "SFT-only")
+    assert "n = 400 items paired" in out
+    assert "quotes per answer: CARE 1.002, SFT-only 1.133, difference -0.130 [-0.168, -0.095]" in out
+    assert "exact quotes per answer: CARE 0.627, SFT-only 0.655, difference -0.028 [-0.070, 0.015]" in out
+
+
+def test_quote_counts_names_the_file_when_a_method_is_missing():
+    proc = subprocess.run([sys.executable, "scripts/quote_counts.py", str(CARE / "cpu-full-testlen-long-items.csv"),
+                           "CARE", "Original"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0
+    assert "cpu-full-testlen-long-items.csv: no items scored for both 'CARE' and 'Original'" in proc.stderr
+
+
+def test_reward_curve_summary_gives_the_documented_run9_log():
+    out = _run("scripts/reward_curve_summary.py", str(CARE / "cpu-full-testlen-long-reward_curve.jsonl"))
+    assert "120 logged groups" in out
+    assert "rewards/retrieval/mean: 0.346 [0.294, 0.400]" in out
+    assert "groups with no reward variance: 21 / 120" in out
