@@ -91,3 +91,20 @@ def test_reward_curve_summary_gives_the_documented_run9_log():
     assert "120 logged groups" in out
     assert "rewards/retrieval/mean: 0.346 [0.294, 0.400]" in out
     assert "groups with no reward variance: 21 / 120" in out
+
+
+def test_heldout_arms_gives_the_documented_run9_ablation_and_plots_the_curves(tmp_path):
+    # cpu-full.md, run 9's ablation: late in training the retrieval reward separates the arms on dev.
+    png = tmp_path / "arms.png"
+    out = _run("scripts/heldout_arms.py", str(CARE / "cpu-full-testlen-long-heldout_reward.jsonl"),
+               str(CARE / "cpu-full-testlen-long-noret-heldout_reward.jsonl"), "200", "CARE", "no-retrieval-reward",
+               "--plot", str(png))
+    assert "update 200, n = 24 dev prompts; same update-0 scores in both runs: True" in out
+    assert "| retrieval | +0.319 [0.167, 0.486] | +0.069 [-0.021, 0.167] | +0.250 [0.125, 0.396] |" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_heldout_arms_says_in_one_line_that_plot_needs_a_path():
+    proc = subprocess.run([sys.executable, "scripts/heldout_arms.py", "a", "b", "--plot"], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode != 0 and proc.stderr.strip() == "heldout_arms.py: --plot needs a PNG path"

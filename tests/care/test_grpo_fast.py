@@ -17,6 +17,7 @@ from carelab.care.train.heldout import (
     arm_difference,
     best_heldout_step,
     heldout_summary,
+    plot_arm_curves,
     read_heldout,
     score_completions,
     split_heldout,
@@ -250,6 +251,15 @@ def test_arm_difference_pairs_two_runs_per_prompt():
         arm_difference(run_a, run_b, step=40)
     with pytest.raises(ValueError, match="prompts differ"):
         arm_difference(run_a, [_dev(0, [0.0, 0.0], [1.0, 0.0], ids=("p1", "p3"))], step=0)
+
+
+def test_plot_arm_curves_draws_only_the_steps_both_runs_evaluated(tmp_path):
+    """B's update 40 has no A counterpart: the curve skips it instead of failing (arm_difference would raise)."""
+    start = _dev(0, [0.0, 0.0], [1.0, 0.0])
+    run_a = [start, _dev(80, [1.0, 1.0], [1.0, 0.0])]
+    run_b = [start, _dev(40, [0.0, 0.0], [1.0, 0.0]), _dev(80, [1.0, 0.0], [1.0, 0.0])]
+    path = plot_arm_curves(run_a, run_b, tmp_path / "arms.png", labels=("CARE", "ablation"))
+    assert path.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_split_heldout_is_disjoint_and_seeded():

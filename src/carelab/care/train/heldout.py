@@ -237,3 +237,26 @@ def arm_difference(records_a: Sequence[dict], records_b: Sequence[dict], step: i
                      "a": bootstrap_ci(change_a).as_tuple()[:3], "b": bootstrap_ci(change_b).as_tuple()[:3],
                      "difference": paired_difference_ci(change_a, change_b).as_tuple()[:3]})
     return rows
+
+
+def plot_arm_curves(records_a: Sequence[dict], records_b: Sequence[dict], path: str | Path, reward: str = "retrieval",
+                    labels: tuple[str, str] = ("A", "B")) -> Path:
+    """One reward's change since update 0 in two runs at every step both evaluated, with 95 % CIs, and their
+    paired difference: the ablation's claim read along the whole curve rather than at one chosen step."""
+    from carelab.report import new_figure, save_figure
+
+    by_step = [next(r for r in arm_difference(records_a, records_b, step) if r["reward"] == reward)
+               for step in sorted({r["step"] for r in records_a} & {r["step"] for r in records_b})]
+    steps = [r["step"] for r in by_step]
+    fig, ax = new_figure()
+    for key, label, style in (("a", labels[0], "o-"), ("b", labels[1], "s-"),
+                              ("difference", f"{labels[0]} − {labels[1]} (paired)", "^--")):
+        line, = ax.plot(steps, [r[key][0] for r in by_step], style, label=label)
+        ax.fill_between(steps, [r[key][1] for r in by_step], [r[key][2] for r in by_step], alpha=0.15,
+                        color=line.get_color())
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("GRPO update")
+    ax.set_ylabel(f"{reward} reward change since update 0")
+    ax.set_title(f"{reward} on {by_step[0]['n']} dev prompts, 95 % bootstrap CIs")
+    ax.legend()
+    return save_figure(fig, path)
