@@ -44,3 +44,17 @@ for ds in sorted({k[0] for k in new}):
     print(f"{ds}: n={len(keys)} F1 {e.mean:+.1f} [{e.lo:+.1f}, {e.hi:+.1f}]  exact-quote share pts {share}")
 avg = mean_of_means_ci(groups)
 print(f"Avg (datasets weighted equally): {avg.mean:+.1f} [{avg.lo:+.1f}, {avg.hi:+.1f}]")
+# quote shares over every paired item (CofCA's factual controls included, as in `care report`'s "all sets"):
+# exact copies, and quotes found in the context at all (exact or fuzzy)
+both = [k for k in new if k in bundled]
+
+
+def counts(side: dict, share: str) -> tuple[list[float], list[float]]:
+    found = [float(side[k]["n_exact"]) + (float(side[k]["n_fuzzy"]) if share == "in-context" else 0.0) for k in both]
+    return found, [float(side[k]["n_quotes"]) for k in both]
+
+
+for share in ("exact-quote", "in-context"):
+    q = paired_ratio_difference_ci(*counts(new, share), *counts(bundled, share))
+    if q.mean is not None:
+        print(f"{share} share pts, all {len(both)} paired items: {100*q.mean:+.1f} [{100*q.lo:+.1f}, {100*q.hi:+.1f}]")

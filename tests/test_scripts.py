@@ -108,3 +108,15 @@ def test_heldout_arms_says_in_one_line_that_plot_needs_a_path():
     proc = subprocess.run([sys.executable, "scripts/heldout_arms.py", "a", "b", "--plot"], capture_output=True,
                           text=True, cwd=ROOT)
     assert proc.returncode != 0 and proc.stderr.strip() == "heldout_arms.py: --plot needs a PNG path"
+
+
+def test_paired_items_gives_the_documented_run9_ablation_over_all_items():
+    # cpu-full.md, run 9's ablation on the test sets: the exact-quote gain needs the retrieval reward.
+    items = str(CARE / "cpu-full-testlen-long-items.csv")
+    out = _run("scripts/paired_items.py", items, items, "CARE", "no-retrieval-reward")
+    assert "exact-quote share pts, all 400 paired items: +5.7 [+2.0, +9.4]" in out
+    assert "in-context share pts, all 400 paired items: +5.8 [+2.4, +9.2]" in out
+    out = _run("scripts/paired_items.py", items, items, "no-retrieval-reward", "SFT-only")
+    assert "exact-quote share pts, all 400 paired items: -0.9 [-3.9, +1.9]" in out
+    out = _run("scripts/paired_items.py", items, items, "CARE-update-240", "no-retrieval-reward-update-240")
+    assert "exact-quote share pts, all 400 paired items: +8.7 [+4.6, +12.7]" in out
