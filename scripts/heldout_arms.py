@@ -20,6 +20,8 @@ if "--plot" in args:
         sys.exit("heldout_arms.py: --plot needs a PNG path")
     plot = args[at + 1]
     del args[at:at + 2]
+if len(args) < 2 or (len(args) > 2 and args[2] and not args[2].isdigit()):
+    sys.exit("usage: heldout_arms.py RUN_A RUN_B [STEP] [LABEL_A] [LABEL_B] [--plot PNG] (STEP: an update number)")
 run_a, run_b = args[0], args[1]
 step = int(args[2]) if len(args) > 2 and args[2] else None
 label_a = args[3] if len(args) > 3 else "A"

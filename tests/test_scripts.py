@@ -108,6 +108,8 @@ def test_heldout_arms_says_in_one_line_that_plot_needs_a_path():
     proc = subprocess.run([sys.executable, "scripts/heldout_arms.py", "a", "b", "--plot"], capture_output=True,
                           text=True, cwd=ROOT)
     assert proc.returncode != 0 and proc.stderr.strip() == "heldout_arms.py: --plot needs a PNG path"
+    proc = subprocess.run([sys.executable, "scripts/heldout_arms.py", "a"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode != 0 and proc.stderr.strip().startswith("usage: heldout_arms.py RUN_A RUN_B")
 
 
 def test_paired_items_gives_the_documented_run9_ablation_over_all_items():

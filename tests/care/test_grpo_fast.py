@@ -260,6 +260,10 @@ def test_plot_arm_curves_draws_only_the_steps_both_runs_evaluated(tmp_path):
     run_b = [start, _dev(40, [0.0, 0.0], [1.0, 0.0]), _dev(80, [1.0, 0.0], [1.0, 0.0])]
     path = plot_arm_curves(run_a, run_b, tmp_path / "arms.png", labels=("CARE", "ablation"))
     assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="share no evaluated step"):
+        plot_arm_curves(run_a, [_dev(40, [0.0, 0.0], [1.0, 0.0])], tmp_path / "none.png")
+    with pytest.raises(ValueError, match="'format' is not scored per prompt"):
+        plot_arm_curves(run_a, run_b, tmp_path / "none.png", reward="format")
 
 
 def test_split_heldout_is_disjoint_and_seeded():

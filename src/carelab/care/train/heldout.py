@@ -245,8 +245,13 @@ def plot_arm_curves(records_a: Sequence[dict], records_b: Sequence[dict], path: 
     paired difference: the ablation's claim read along the whole curve rather than at one chosen step."""
     from carelab.report import new_figure, save_figure
 
-    by_step = [next(r for r in arm_difference(records_a, records_b, step) if r["reward"] == reward)
-               for step in sorted({r["step"] for r in records_a} & {r["step"] for r in records_b})]
+    common = sorted({r["step"] for r in records_a} & {r["step"] for r in records_b})
+    if not common:
+        raise ValueError("the two runs share no evaluated step")
+    by_step = [[r for r in arm_difference(records_a, records_b, step) if r["reward"] == reward] for step in common]
+    if not all(by_step):
+        raise ValueError(f"reward {reward!r} is not scored per prompt in both runs")
+    by_step = [rows[0] for rows in by_step]
     steps = [r["step"] for r in by_step]
     fig, ax = new_figure()
     for key, label, style in (("a", labels[0], "o-"), ("b", labels[1], "s-"),
