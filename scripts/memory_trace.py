@@ -5,6 +5,7 @@ bytes in use and bytes free but kept (holes), and counts what is mapped separate
 fragmented heap grows "free". Linux/glibc only. One JSON line per sample (seconds, GB of 1024³ bytes):
 
     python scripts/memory_trace.py trace.jsonl care eval -d data.jsonl -o runs/eval -m Original=original
+    python scripts/memory_trace.py --summary trace.jsonl [EVERY_S]   # maxima, and the peak RSS reached by each EVERY_S
 """
 
 from __future__ import annotations
@@ -37,7 +38,28 @@ def sample() -> dict:
             "mapped_gb": round(info.hblkhd / gb, 3), "mapped_blocks": info.hblks}
 
 
+def summary(path: str, every: float) -> None:
+    """The trace's maxima per field and its running peak RSS every ``every`` seconds: growth over time in one look."""
+    with open(path) as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    if not rows:
+        sys.exit(f"{path}: no samples")
+    print(f"{path}: {len(rows)} samples over {rows[-1]['s']:.0f} s")
+    for field in ("rss_gb", "in_use_gb", "free_kept_gb", "mapped_gb"):
+        print(f"  max {field}: {max(r[field] for r in rows):.2f}")
+    peak, mark = 0.0, every
+    for r in rows:
+        while r["s"] > mark:
+            print(f"  peak RSS by {mark:.0f} s: {peak:.2f} GB")
+            mark += every
+        peak = max(peak, r["rss_gb"])
+    print(f"  peak RSS by {rows[-1]['s']:.0f} s (end): {peak:.2f} GB")
+
+
 def main() -> None:
+    if len(sys.argv) >= 3 and sys.argv[1] == "--summary":
+        summary(sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 100.0)
+        return
     if len(sys.argv) < 3:
         sys.exit("usage: python scripts/memory_trace.py TRACE.jsonl CARELAB-ARGS...")
     out, args = sys.argv[1], sys.argv[2:]

@@ -20,6 +20,12 @@ def rows(path: str, method: str) -> dict:
         return {(r["dataset"], r["id"]): r for r in csv.DictReader(fh) if r["method"] == method}
 
 
+def counts(side: dict, keys: list, share: str = "exact-quote") -> tuple[list[float], list[float]]:
+    """Per item: the quotes that count for ``share`` (exact copies, or for "in-context" exact + fuzzy), and all quotes."""
+    found = [float(side[k]["n_exact"]) + (float(side[k]["n_fuzzy"]) if share == "in-context" else 0.0) for k in keys]
+    return found, [float(side[k]["n_quotes"]) for k in keys]
+
+
 new, bundled = rows(new_csv, label), rows(old_csv, old_label)
 if not new or not bundled:
     sys.exit(f"no rows of {label!r} in {new_csv} or of {old_label!r} in {old_csv}")
@@ -37,8 +43,7 @@ for ds in sorted({k[0] for k in new}):
         continue
     a, b = [100 * float(new[k]["f1"]) for k in keys], [100 * float(bundled[k]["f1"]) for k in keys]
     e = paired_difference_ci(a, b)
-    q = paired_ratio_difference_ci([float(new[k]["n_exact"]) for k in keys], [float(new[k]["n_quotes"]) for k in keys],
-                                   [float(bundled[k]["n_exact"]) for k in keys], [float(bundled[k]["n_quotes"]) for k in keys])
+    q = paired_ratio_difference_ci(*counts(new, keys), *counts(bundled, keys))
     groups.append([x - y for x, y in zip(a, b, strict=True)])
     share = "– (a side has no quotes)" if q.mean is None else f"{100*q.mean:+.1f} [{100*q.lo:+.1f}, {100*q.hi:+.1f}]"
     print(f"{ds}: n={len(keys)} F1 {e.mean:+.1f} [{e.lo:+.1f}, {e.hi:+.1f}]  exact-quote share pts {share}")
@@ -47,14 +52,7 @@ print(f"Avg (datasets weighted equally): {avg.mean:+.1f} [{avg.lo:+.1f}, {avg.hi
 # quote shares over every paired item (CofCA's factual controls included, as in `care report`'s "all sets"):
 # exact copies, and quotes found in the context at all (exact or fuzzy)
 both = [k for k in new if k in bundled]
-
-
-def counts(side: dict, share: str) -> tuple[list[float], list[float]]:
-    found = [float(side[k]["n_exact"]) + (float(side[k]["n_fuzzy"]) if share == "in-context" else 0.0) for k in both]
-    return found, [float(side[k]["n_quotes"]) for k in both]
-
-
 for share in ("exact-quote", "in-context"):
-    q = paired_ratio_difference_ci(*counts(new, share), *counts(bundled, share))
+    q = paired_ratio_difference_ci(*counts(new, both, share), *counts(bundled, both, share))
     if q.mean is not None:
         print(f"{share} share pts, all {len(both)} paired items: {100*q.mean:+.1f} [{100*q.lo:+.1f}, {100*q.hi:+.1f}]")

@@ -122,3 +122,13 @@ def test_paired_items_gives_the_documented_run9_ablation_over_all_items():
     assert "exact-quote share pts, all 400 paired items: -0.9 [-3.9, +1.9]" in out
     out = _run("scripts/paired_items.py", items, items, "CARE-update-240", "no-retrieval-reward-update-240")
     assert "exact-quote share pts, all 400 paired items: +8.7 [+4.6, +12.7]" in out
+
+
+def test_memory_trace_summary_gives_the_documented_run9_grpo_growth():
+    # cpu-full.md, run 9's GRPO memory: the peak grows while the heap in use stays near 2 GB (kept free blocks).
+    out = _run("scripts/memory_trace.py", "--summary", str(CARE / "cpu-full-testlen-long-grpo-memory-trace.jsonl"))
+    assert "max rss_gb: 4.10" in out and "max in_use_gb: 2.31" in out and "max free_kept_gb: 2.50" in out
+    assert "peak RSS by 300 s: 3.21 GB" in out and "peak RSS by 800 s: 3.95 GB" in out
+    assert "peak RSS by 900 s: 4.10 GB" in out
+    out = _run("scripts/memory_trace.py", "--summary", str(CARE / "cpu-full-testlen-long-grpo-memory-trace-release.jsonl"))
+    assert "max in_use_gb: 1.22" in out and "max free_kept_gb: 0.94" in out

@@ -201,7 +201,8 @@ def write_heldout_report(run_dir: str | Path) -> Path | None:
     return path
 
 
-def arm_difference(records_a: Sequence[dict], records_b: Sequence[dict], step: int | None = None) -> list[dict]:
+def arm_difference(records_a: Sequence[dict], records_b: Sequence[dict], step: int | None = None,
+                   rewards: Sequence[str] | None = None) -> list[dict]:
     """Two GRPO runs from one start on the same held-out prompts (CARE and an ablation): per reward, each run's
     change since its first evaluation and A's change minus B's, paired per prompt, at ``step`` (default: the last
     step both evaluated).
@@ -209,7 +210,7 @@ def arm_difference(records_a: Sequence[dict], records_b: Sequence[dict], step: i
     Why paired: both runs score the same prompts, so the prompt-to-prompt spread cancels in the difference. Where
     both started from the same adapter, their first evaluations are identical and the difference is simply A − B
     at ``step``. Rows: ``reward`` (``total`` first), ``n``, ``same_start``, and ``a``/``b``/``difference`` as
-    (mean, lo, hi).
+    (mean, lo, hi); ``rewards`` keeps only those names (the others' bootstraps are not run).
     """
     from carelab.stats import bootstrap_ci, paired_difference_ci
 
@@ -230,7 +231,8 @@ def arm_difference(records_a: Sequence[dict], records_b: Sequence[dict], step: i
 
     start_a, start_b, end_a, end_b = scores(first_a), scores(first_b), scores(by_step_a[step]), scores(by_step_b[step])
     rows = []
-    for name in [k for k in start_a if k in start_b and k in end_a and k in end_b]:
+    shared = [k for k in start_a if k in start_b and k in end_a and k in end_b]
+    for name in [k for k in shared if rewards is None or k in rewards]:
         change_a = [e - s for e, s in zip(end_a[name], start_a[name], strict=True)]
         change_b = [e - s for e, s in zip(end_b[name], start_b[name], strict=True)]
         rows.append({"reward": name, "step": step, "n": len(change_a), "same_start": start_a[name] == start_b[name],
@@ -248,7 +250,7 @@ def plot_arm_curves(records_a: Sequence[dict], records_b: Sequence[dict], path: 
     common = sorted({r["step"] for r in records_a} & {r["step"] for r in records_b})
     if not common:
         raise ValueError("the two runs share no evaluated step")
-    by_step = [[r for r in arm_difference(records_a, records_b, step) if r["reward"] == reward] for step in common]
+    by_step = [arm_difference(records_a, records_b, step, rewards=(reward,)) for step in common]
     if not all(by_step):
         raise ValueError(f"reward {reward!r} is not scored per prompt in both runs")
     by_step = [rows[0] for rows in by_step]
