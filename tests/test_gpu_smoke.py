@@ -26,3 +26,34 @@ def test_without_cuda_it_skips_with_exit_code_2(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout.strip() == f"gpu_smoke: SKIP (no CUDA device visible to {sys.executable})"
     assert not (tmp_path / "out" / "train.json").exists()
+
+
+def test_random_weights_builds_a_loadable_seeded_model_with_the_same_tokenizer(tmp_path):
+    """benchmarks/random_weights.py: the config's architecture at random weights, the same seed the same weights,
+    the tokenizer files copied (how the GPU smoke model was made where the real weights could not travel)."""
+    import importlib.util
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from carelab.models import tiny_random_model
+
+    spec = importlib.util.spec_from_file_location("random_weights", SCRIPT.with_name("random_weights.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    model, tok = tiny_random_model("llama")
+    config_dir = tmp_path / "config"
+    model.config.save_pretrained(config_dir)
+    tok.save_pretrained(config_dir)
+    assert not list(config_dir.glob("*.safetensors"))
+
+    assert script.main([str(config_dir), str(tmp_path / "a"), "--dtype", "float32"]) == 0
+    script.materialise(config_dir, tmp_path / "b", seed=0, dtype="float32")
+    script.materialise(config_dir, tmp_path / "c", seed=1, dtype="float32")
+    a, b, c = (load_file(str(tmp_path / name / "model.safetensors")) for name in "abc")
+    assert all(bool((a[k] == b[k]).all()) for k in a) and any(not bool((a[k] == c[k]).all()) for k in a)
+    loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "a"))
+    assert loaded.config.num_hidden_layers == model.config.num_hidden_layers
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "a")).get_vocab() == tok.get_vocab()
+    with pytest.raises(SystemExit, match="config.json is missing"):
+        script.materialise(tmp_path / "nowhere", tmp_path / "d")
