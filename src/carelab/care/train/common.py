@@ -30,6 +30,24 @@ def summary_callback():
     return OneLineSummary()
 
 
+def heap_trim_callback():
+    """After every optimizer update, return glibc's free heap pages to the OS (:func:`carelab.memory.trim_heap`).
+
+    Why: a long GRPO run's resident memory grows with its updates while the bytes in use stay flat (run 9: 2.3 GB in
+    use, 4.1 GB resident after 60 updates): the freed blocks glibc keeps. One trim per update pays the page faults
+    once per update, not at every allocation as ``release_freed_memory`` does.
+    """
+    from transformers import TrainerCallback
+
+    from carelab.memory import trim_heap
+
+    class TrimHeap(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            trim_heap()
+
+    return TrimHeap()
+
+
 def _silence_upstream_deprecations() -> None:
     """Upstream's own deprecation notices (PEFT and TRL still call the ``gradient_checkpointing`` names) are not
     the user's to fix."""

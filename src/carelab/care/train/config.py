@@ -134,6 +134,9 @@ class GRPORunConfig:
     release_freed_memory: bool = option(False, help="return freed activations to the OS (glibc, CPU; generation keeps "
                                                    "the heap): peak RSS 4.2 → 3.5 GB in the GRPO benchmark, 0.8× "
                                                    "updates per CPU-hour")
+    trim_heap_every_update: bool = option(False, help="hand glibc's free heap pages back to the OS after every "
+                                                     "optimizer update (malloc_trim, CPU): bounds the heap a long "
+                                                     "run's fragmentation keeps, one trim per update")
     limit: int | None = option(None, help="use at most N rows per file")
     trl: dict[str, Any] = option(help=_TRL_HELP.format(cls="GRPOConfig", example="--trl loss_type=dr_grpo"),
                                  parse="pairs", factory=dict)

@@ -19,6 +19,7 @@ from carelab.care.train.common import (
     bf16,
     has_gpu,
     heap_allocations,
+    heap_trim_callback,
     last_checkpoint,
     load_base,
     prepare_run,
@@ -195,6 +196,8 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None, reward_wrapper=N
     funcs = run_reward_functions(cfg, retrieval=cfg.retrieval_reward)
     weights = list(cfg.reward_weights[: len(funcs)])  # the ablation drops the last (retrieval) function
     extra_callbacks = list(callbacks or [])
+    if cfg.trim_heap_every_update:
+        extra_callbacks.append(heap_trim_callback())
     if held_easy or held_hard:
         # the held-out curve always uses all three rewards with the run's weights, so ablations stay comparable
         heldout_funcs = run_reward_functions(cfg, retrieval=True)
