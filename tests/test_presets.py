@@ -113,11 +113,26 @@ def test_eval_checkpoint_picks_the_grpo_adapter(tmp_path):
 
 def _outside_grpo(preset: dict) -> dict:
     """A preset without what a GRPO probe may change: its name, GRPO settings, GRPO prompt pool (``data.easy`` /
-    ``data.hard``) and which methods its evaluation runs (a probe may skip Original, whose rows do not change)."""
+    ``data.hard``), which methods its evaluation runs (a probe may skip Original, whose rows do not change) and
+    the sets an ablation would be evaluated on (probes train no ablation)."""
     rest = {k: v for k, v in preset.items() if k not in ("name", "grpo")}
     rest["data"] = {k: v for k, v in rest["data"].items() if k not in ("easy", "hard")}
-    rest["eval"] = {k: v for k, v in rest["eval"].items() if k != "methods"}
+    rest["eval"] = {k: v for k, v in rest["eval"].items() if k not in ("methods", "ablation_tests")}
     return rest
+
+
+def test_cpu_full_is_run_9_with_its_heap_trimmed():
+    """docs/results/cpu-full.md gives run 9's numbers as the preset's: run 9 ran from its probe file, and the
+    preset may differ from it only in name, Original's row (the probe reused run 6's) and the heap trim, which
+    changes no number (tests/care/test_train.py; equal losses in the 60-update memory probe)."""
+    probes = Path(__file__).resolve().parents[1] / "docs/results/care/probes"
+    full, run9 = load_preset("cpu-full"), load_preset(str(probes / "cpu-full-testlen-long.yaml"))
+    assert full["grpo"] == {**run9["grpo"], "trim_heap_every_update": True}
+    assert {k: v for k, v in full.items() if k not in ("name", "grpo", "eval")} == \
+        {k: v for k, v in run9.items() if k not in ("name", "grpo", "eval")}
+    # the ablation is evaluated on all four sets (no ablation_tests), Original beside SFT-only and CARE
+    run9_eval = {k: v for k, v in run9["eval"].items() if k != "ablation_tests"}
+    assert full["eval"] == {**run9_eval, "methods": ["original", "sft-only", "care"]}
 
 
 @pytest.mark.parametrize("probe", sorted((Path(__file__).resolve().parents[1] / "docs/results/care/probes")

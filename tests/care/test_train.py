@@ -63,6 +63,18 @@ def test_grpo_runs_with_three_rewards_and_curriculum(data, tmp_path):
     assert (out / "final-adapter" / "adapter_config.json").exists()
 
 
+def test_trim_heap_every_update_trims_once_per_update_and_changes_no_number(data, tmp_path, monkeypatch):
+    import carelab.memory
+
+    trims = []
+    monkeypatch.setattr(carelab.memory, "trim_heap", lambda: trims.append(1) or True)
+    run_grpo(_grpo_cfg(data, tmp_path / "trim", max_steps=2, seed=3, trim_heap_every_update=True))
+    assert len(trims) == 2
+    run_grpo(_grpo_cfg(data, tmp_path / "plain", max_steps=2, seed=3))
+    assert len(trims) == 2  # off by default
+    assert [r["loss"] for r in _logged(tmp_path / "trim")] == [r["loss"] for r in _logged(tmp_path / "plain")]
+
+
 def test_ablation_flags(data, tmp_path):
     out = tmp_path / "abl"
     metrics = run_grpo(_grpo_cfg(data, out, retrieval_reward=False, curriculum=False, max_steps=1))
