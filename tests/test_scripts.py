@@ -132,3 +132,34 @@ def test_memory_trace_summary_gives_the_documented_run9_grpo_growth():
     assert "peak RSS by 900 s: 4.10 GB" in out
     out = _run("scripts/memory_trace.py", "--summary", str(CARE / "cpu-full-testlen-long-grpo-memory-trace-release.jsonl"))
     assert "max in_use_gb: 1.22" in out and "max free_kept_gb: 0.94" in out
+
+
+def _grpo_folder(root: Path, loss: float, lora: float) -> Path:
+    """A GRPO run folder in miniature: dev rows, logged losses, one final adapter."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    (root / "final-adapter").mkdir(parents=True)
+    (root / "heldout_reward.jsonl").write_text(
+        "".join(json.dumps({"step": s, "total_mean": 0.3 + s / 1000}) + "\n" for s in (0, 40)))
+    (root / "reward_curve.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": loss * s}) + "\n" for s in (1, 2, 3)))
+    save_file({"lora_A": torch.full((2, 2), lora)}, str(root / "final-adapter" / "adapter_model.safetensors"))
+    return root
+
+
+def test_same_grpo_run_says_same_only_when_rows_and_tensors_are_equal(tmp_path):
+    a = _grpo_folder(tmp_path / "a", 0.1, 1.0)
+    same = subprocess.run([sys.executable, "scripts/same_grpo_run.py", str(a), str(_grpo_folder(tmp_path / "b", 0.1, 1.0))],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert same.returncode == 0 and "reward_curve.jsonl: 3 steps in both, all identical" in same.stdout
+    assert "final-adapter: identical tensors" in same.stdout and same.stdout.endswith("same run\n")
+    other = subprocess.run([sys.executable, "scripts/same_grpo_run.py", str(a), str(_grpo_folder(tmp_path / "c", 0.2, 1.5))],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert other.returncode == 1 and "differ at steps [1, 2, 3]" in other.stdout
+    assert "final-adapter: DIFFERENT tensors" in other.stdout and "not the same run" in other.stdout
+    missing = subprocess.run([sys.executable, "scripts/same_grpo_run.py", str(a), str(tmp_path / "nowhere")],
+                             capture_output=True, text=True, cwd=ROOT)
+    assert missing.returncode == 2 and missing.stderr.strip() == f"{tmp_path / 'nowhere'}: no such run folder"
