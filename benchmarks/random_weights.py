@@ -17,7 +17,8 @@ import shutil
 import sys
 from pathlib import Path
 
-COPIED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+#: the tokenizer's files (and the generation settings), copied as they are; save_pretrained writes config.json
+COPIED = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
           "special_tokens_map.json")
 
 
@@ -32,7 +33,7 @@ def materialise(config_dir: Path, out_dir: Path, seed: int = 0, dtype: str = "bf
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.to(getattr(torch, dtype)).save_pretrained(str(out_dir))
-    for name in COPIED:  # save_pretrained wrote config.json; the tokenizer files are copied as they are
+    for name in COPIED:  # save_pretrained may have written generation_config.json already
         if (config_dir / name).exists() and not (out_dir / name).exists():
             shutil.copy(config_dir / name, out_dir / name)
     return out_dir

@@ -7,17 +7,18 @@ claim that a re-run reproduces them is checked here, on the steps both folders r
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
+from carelab.runs import read_jsonl
+
 
 def _rows(path: Path) -> dict[int, dict]:
-    """A JSONL file's rows by their ``step`` (empty when the file is missing)."""
+    """A JSONL file's rows by their ``step`` (empty when the file is missing; a running run's half-written last
+    line is skipped)."""
     if not path.exists():
         return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {int(row["step"]): row for row in rows if "step" in row}
+    return {int(row["step"]): row for _, row in read_jsonl(path, skip_invalid=True) if "step" in row}
 
 
 def compare_rows(a: Path, b: Path, name: str) -> tuple[int, list[int]]:
@@ -29,6 +30,7 @@ def compare_rows(a: Path, b: Path, name: str) -> tuple[int, list[int]]:
 
 def compare_adapters(a: Path, b: Path) -> list[tuple[str, bool]]:
     """Every adapter file both folders hold (final, dev-best, per dev evaluation): tensors equal or not."""
+    import torch
     from safetensors.torch import load_file
 
     found = []
@@ -37,7 +39,7 @@ def compare_adapters(a: Path, b: Path) -> list[tuple[str, bool]]:
         if "checkpoint-" in str(rel) or not (b / rel).exists():
             continue
         ta, tb = load_file(str(path)), load_file(str(b / rel))
-        found.append((str(rel.parent), ta.keys() == tb.keys() and all(bool((ta[k] == tb[k]).all()) for k in ta)))
+        found.append((str(rel.parent), ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)))
     return found
 
 

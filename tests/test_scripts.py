@@ -163,3 +163,14 @@ def test_same_grpo_run_says_same_only_when_rows_and_tensors_are_equal(tmp_path):
     missing = subprocess.run([sys.executable, "scripts/same_grpo_run.py", str(a), str(tmp_path / "nowhere")],
                              capture_output=True, text=True, cwd=ROOT)
     assert missing.returncode == 2 and missing.stderr.strip() == f"{tmp_path / 'nowhere'}: no such run folder"
+
+
+def test_memory_trace_summary_gives_the_documented_heap_trim_numbers():
+    # the 60-update probe with --trim-heap-every-update, and the preset's own 240-update GRPO sitting
+    out = _run("scripts/memory_trace.py", "--summary", str(CARE / "cpu-full-testlen-long-grpo-memory-trace-trim.jsonl"),
+               "100")
+    assert "peak RSS by 300 s: 3.09 GB" in out and "peak RSS by 500 s: 3.25 GB" in out
+    assert "peak RSS by 1000 s: 3.56 GB" in out and "max in_use_gb: 2.36" in out
+    out = _run("scripts/memory_trace.py", "--summary", str(CARE / "cpu-full-grpo-sitting-memory-trace.jsonl"), "1200")
+    assert "peak RSS by 1200 s: 3.52 GB" in out and "peak RSS by 3600 s: 3.68 GB" in out
+    assert "(end): 3.77 GB" in out

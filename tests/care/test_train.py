@@ -147,7 +147,7 @@ def test_kill_and_resume_continues_at_the_right_step(data, tmp_path):
     deadline = time.time() + 240
     # any complete checkpoint from step 6 on: only the last 2 are kept, and on a GPU checkpoint-6 is rotated out
     # within a fraction of a second (seen on an H200, where a 0.5 s poll missed it and training ran to the end)
-    while time.time() < deadline and not _checkpoints_from(out, 6):
+    while time.time() < deadline and _newest_checkpoint_step(out) < 6:
         time.sleep(0.02)
         assert proc.poll() is None, "training ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # at once: on an idle machine the tiny model trains a step in ~0.1 s
@@ -162,10 +162,12 @@ def test_kill_and_resume_continues_at_the_right_step(data, tmp_path):
     assert steps == sorted(set(steps))  # no step trained twice in the log
 
 
-def _checkpoints_from(out: Path, step: int) -> list[Path]:
-    """Complete checkpoints (their trainer_state.json written, the Trainer's last write) at ``step`` or later."""
-    return [p for p in out.glob("checkpoint-*") if int(p.name.split("-")[1]) >= step
-            and (p / "trainer_state.json").exists()]
+def _newest_checkpoint_step(out: Path) -> int:
+    """The step of the newest complete checkpoint (the one ``--resume`` would take), 0 before the first."""
+    from carelab.care.train.common import last_checkpoint
+
+    newest = last_checkpoint(out)
+    return int(newest.rsplit("-", 1)[1]) if newest else 0
 
 
 def _adapter_tensors(folder: Path) -> dict:
